@@ -1,0 +1,103 @@
+"""Every knob of the service, read from the environment in one place.
+
+Tests build ``Settings(...)`` directly; processes call ``Settings.from_env()``.
+The README's configuration table lists the same variables and defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # "" listens on every interface; "localhost" keeps the service private.
+    server_host: str = ""
+    server_port: int = 8888
+
+    max_number: int = 1_000_000
+    # number <= soft_max_number goes to the soft queue, anything larger to hard.
+    soft_max_number: int = 1000
+    soft_timeout_s: int = 10
+    hard_timeout_s: int = 60
+    result_ttl_s: int = 3600
+    failure_ttl_s: int = 3600
+
+    max_frame_bytes: int = 64 * 1024
+    # Longest the delivery loop waits inside Redis for a job to end before it
+    # looks again; a job's end wakes it at once.
+    delivery_wait_ms: int = 50
+    # How often every waited-for job is checked, for ends that sent no event
+    # (a work horse killed with SIGKILL runs no callback).
+    sweep_interval_s: float = 1.0
+
+    # Fair use: per connection, and per queue.
+    max_in_flight: int = 100
+    max_requests_per_s: int = 200
+    max_queue_length: int = 100_000
+
+    # Origins allowed to open a WebSocket besides the server's own.
+    allowed_origins: tuple[str, ...] = ()
+    websocket_compression: bool = False
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.soft_max_number <= self.max_number:
+            raise SettingsError(
+                f"SOFT_MAX_NUMBER={self.soft_max_number} must lie between 0 and MAX_NUMBER={self.max_number}"
+            )
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise SettingsError("TLS_CERTFILE and TLS_KEYFILE must be set together")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from environment variables named like the fields, upper-cased."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in dataclasses.fields(cls):
+            name = f.name.upper()
+            if name in environ:
+                values[f.name] = _convert(name, environ[name], f.type)
+        return cls(**values)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_certfile)
+
+
+def _convert(name: str, raw: str, kind: str):
+    text = raw.strip()
+    try:
+        if kind == "int":
+            value = int(text)
+            if value < 0:
+                raise ValueError("negative")
+            return value
+        if kind == "float":
+            value = float(text)
+            if not value > 0:
+                raise ValueError("not positive")
+            return value
+        if kind == "bool":
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError("not a boolean")
+        if kind == "tuple[str, ...]":
+            return tuple(part.strip().rstrip("/") for part in text.split(",") if part.strip())
+        return text
+    except ValueError:
+        expected = {"int": "a whole number >= 0", "float": "a positive number", "bool": "true or false"}[kind]
+        raise SettingsError(f"{name}={raw!r} is not {expected}") from None
