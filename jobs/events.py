@@ -1,0 +1,53 @@
+"""Job events on a Redis stream, so servers learn of a job's end without polling it.
+
+The worker appends an event when a job starts, finishes or fails; every server
+reads the stream once per delivery tick. Events are hints: a work horse killed
+with SIGKILL sends none, and the servers' periodic sweep finds those ends.
+"""
+
+from __future__ import annotations
+
+from rq.timeouts import JobTimeoutException
+
+from jobs import keys
+from protocol import ErrorCode, FIXED_TEXTS
+
+STARTED = "started"
+FINISHED = "finished"
+FAILED = "failed"
+
+
+def publish(connection, task_id: str, state: str, code: str = "", text: str = "") -> None:
+    fields = {"id": task_id, "state": state}
+    if code:
+        fields["code"] = code
+        fields["text"] = text
+    connection.xadd(keys.EVENTS_STREAM, fields, maxlen=keys.EVENTS_MAXLEN, approximate=True)
+
+
+def describe_failure(exc_type, exc_value) -> tuple[ErrorCode, str]:
+    """The protocol's error code and text for an exception that ended a job."""
+    if exc_type is not None and issubclass(exc_type, JobTimeoutException):
+        return ErrorCode.TIMEOUT, FIXED_TEXTS[ErrorCode.TIMEOUT]
+    name = getattr(exc_type, "__name__", "error")
+    return ErrorCode.JOB_FAILED, f"the job failed: {name}: {exc_value}"
+
+
+def describe_failure_text(exc_string: str) -> tuple[ErrorCode, str]:
+    """Like ``describe_failure``, from the traceback text RQ stores for a failed job."""
+    if "JobTimeoutException" in (exc_string or ""):
+        return ErrorCode.TIMEOUT, FIXED_TEXTS[ErrorCode.TIMEOUT]
+    lines = [line.strip() for line in (exc_string or "").strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else "unknown reason"
+    return ErrorCode.JOB_FAILED, f"the job failed: {reason[:300]}"
+
+
+def on_success(job, connection, result, *args, **kwargs) -> None:
+    """RQ success callback."""
+    publish(connection, job.id, FINISHED)
+
+
+def on_failure(job, connection, exc_type, exc_value, traceback, *args, **kwargs) -> None:
+    """RQ failure callback."""
+    code, text = describe_failure(exc_type, exc_value)
+    publish(connection, job.id, FAILED, code.value, text)

@@ -1,0 +1,17 @@
+"""Names of the Redis keys the service owns, beside RQ's own ``rq:*`` keys."""
+
+# Stream of job events (started, finished, failed), read by every server.
+EVENTS_STREAM = "factorial:events"
+# Keep roughly this many events; a server that falls further behind than that
+# still finds its jobs' ends in its periodic sweep.
+EVENTS_MAXLEN = 100_000
+
+
+def payload(task_id: str) -> str:
+    """The finished job's success message, exactly as it goes on the wire."""
+    return f"factorial:payload:{task_id}"
+
+
+def by_number(number: int) -> str:
+    """The id of the job that computes (or computed) ``number!``, for sharing it."""
+    return f"factorial:by-number:{number}"

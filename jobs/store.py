@@ -1,0 +1,213 @@
+"""The jobs as Redis holds them: enqueue, share, look up, and read their events.
+
+Blocking calls only: the web server runs these on its own threads, never on
+the IOLoop. Every method makes a fixed number of round trips, whatever the
+number of jobs it handles (pipelines and ``enqueue_many``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from redis import Redis
+from rq import Callback, Queue
+from rq.job import Job
+
+from jobs import events, keys
+from jobs.routing import QUEUES, queue_for, timeout_for
+from protocol import ErrorCode, ProtocolError
+from settings import Settings
+
+FACTORIAL_JOB = "jobs.factorial.factorial"
+ON_SUCCESS = Callback("jobs.events.on_success")
+ON_FAILURE = Callback("jobs.events.on_failure")
+
+# A job's index entry (number -> job id) may outlive the job by this much; a
+# stale entry is harmless, since the job's own state is checked before reuse.
+INDEX_SLACK_S = 24 * 3600
+
+QUEUED = "queued"
+STARTED = "started"
+FINISHED = "finished"
+FAILED = "failed"
+MISSING = "missing"
+
+# RQ states that mean "not running yet" to a client.
+_WAITING_STATES = {"queued", "deferred", "scheduled", "created"}
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What a client may learn of a job at one moment."""
+
+    task_id: str
+    status: str  # queued, started, finished, failed or missing
+    queue: str = ""
+    payload: bytes | None = None  # the success message, when finished
+    error: ProtocolError | None = None  # when failed
+
+    @property
+    def ended(self) -> bool:
+        return self.status in (FINISHED, FAILED, MISSING)
+
+
+@dataclass(frozen=True)
+class Event:
+    task_id: str
+    state: str  # started, finished or failed
+    code: str = ""
+    text: str = ""
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobStore:
+    def __init__(self, redis: Redis, settings: Settings):
+        # ``redis`` must not decode responses: payloads stay bytes end to end.
+        self.redis = redis
+        self.settings = settings
+        self.queues = {name: Queue(name, connection=redis) for name in QUEUES}
+
+    # --- submitting -------------------------------------------------------
+
+    def submit(self, numbers: list[int]) -> dict[int, JobState | ProtocolError]:
+        """Give every number a job: the one already computing or computed, or a new one."""
+        wanted = list(dict.fromkeys(numbers))
+        if not wanted:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for number in wanted:
+            pipe.get(keys.by_number(number))
+        for queue in self.queues.values():
+            pipe.llen(queue.key)
+        replies = pipe.execute()
+        known_ids = replies[: len(wanted)]
+        queue_lengths = dict(zip(self.queues, replies[len(wanted) :]))
+
+        ids = [raw.decode() for raw in known_ids if raw]
+        states = self.states(ids)
+        answers: dict[int, JobState | ProtocolError] = {}
+        to_enqueue: dict[str, list[int]] = {name: [] for name in self.queues}
+        for number, raw in zip(wanted, known_ids):
+            state = states.get(raw.decode()) if raw else None
+            if state is not None and state.status in (QUEUED, STARTED, FINISHED):
+                answers[number] = state
+            else:
+                to_enqueue[queue_for(number, self.settings)].append(number)
+
+        pipe = self.redis.pipeline(transaction=False)
+        for name, batch in to_enqueue.items():
+            room = self.settings.max_queue_length - queue_lengths[name]
+            accepted, refused = batch[: max(room, 0)], batch[max(room, 0) :]
+            for number in refused:
+                answers[number] = ProtocolError(
+                    ErrorCode.BUSY,
+                    f"the {name} queue is full ({self.settings.max_queue_length} jobs); please retry later",
+                )
+            if accepted:
+                answers.update(self._enqueue(name, accepted, pipe))
+        pipe.execute()
+        return answers
+
+    def _enqueue(self, queue_name: str, numbers: list[int], pipe) -> dict[int, JobState]:
+        timeout = timeout_for(queue_name, self.settings)
+        datas = []
+        answers = {}
+        for number in numbers:
+            task_id = new_task_id()
+            datas.append(
+                Queue.prepare_data(
+                    FACTORIAL_JOB,
+                    args=(number,),
+                    timeout=timeout,
+                    result_ttl=self.settings.result_ttl_s,
+                    failure_ttl=self.settings.failure_ttl_s,
+                    job_id=task_id,
+                    description=f"factorial({number})",
+                    on_success=ON_SUCCESS,
+                    on_failure=ON_FAILURE,
+                )
+            )
+            pipe.set(
+                keys.by_number(number), task_id, ex=self.settings.result_ttl_s + timeout + INDEX_SLACK_S
+            )
+            answers[number] = JobState(task_id, QUEUED, queue_name)
+        self.queues[queue_name].enqueue_many(datas, pipeline=pipe)
+        return answers
+
+    # --- looking up -------------------------------------------------------
+
+    def states(self, task_ids: list[str], with_payload: bool = True) -> dict[str, JobState]:
+        """The state of each job, in one round trip (plus one per failed job)."""
+        task_ids = list(dict.fromkeys(task_ids))
+        if not task_ids:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in task_ids:
+            if with_payload:
+                pipe.get(keys.payload(task_id))
+            else:
+                pipe.exists(keys.payload(task_id))
+            pipe.hmget(Job.key_for(task_id), "status", "origin")
+        replies = pipe.execute()
+        result = {}
+        for i, task_id in enumerate(task_ids):
+            payload, (status, origin) = replies[2 * i], replies[2 * i + 1]
+            queue = origin.decode() if origin else ""
+            status = status.decode() if status else ""
+            if payload:
+                result[task_id] = JobState(
+                    task_id, FINISHED, queue, payload if isinstance(payload, bytes) else None
+                )
+            elif status in _WAITING_STATES:
+                result[task_id] = JobState(task_id, QUEUED, queue)
+            elif status == STARTED:
+                result[task_id] = JobState(task_id, STARTED, queue)
+            elif status in ("failed", "stopped", "canceled"):
+                result[task_id] = JobState(task_id, FAILED, queue, error=self._failure(task_id, status))
+            else:
+                # No job, or a finished one whose result has expired.
+                result[task_id] = JobState(task_id, MISSING, queue)
+        return result
+
+    def _failure(self, task_id: str, status: str) -> ProtocolError:
+        if status != "failed":
+            return ProtocolError(ErrorCode.JOB_FAILED, f"the job was {status}", task_id=task_id)
+        job = Job(task_id, connection=self.redis)
+        latest = job.latest_result()
+        code, text = events.describe_failure_text(latest.exc_string if latest else "")
+        return ProtocolError(code, text, task_id=task_id)
+
+    def payloads(self, task_ids: list[str]) -> dict[str, bytes]:
+        """The success messages of finished jobs, in one round trip."""
+        if not task_ids:
+            return {}
+        values = self.redis.mget([keys.payload(task_id) for task_id in task_ids])
+        return {task_id: value for task_id, value in zip(task_ids, values) if value}
+
+    # --- events -----------------------------------------------------------
+
+    def events_cursor(self) -> str:
+        """The id of the newest event, so a reader starts after it."""
+        newest = self.redis.xrevrange(keys.EVENTS_STREAM, count=1)
+        return newest[0][0].decode() if newest else "0-0"
+
+    def read_events(self, cursor: str, block_ms: int, count: int = 10_000) -> tuple[str, list[Event]]:
+        """Events after ``cursor``, waiting up to ``block_ms`` for the first one."""
+        reply = self.redis.xread({keys.EVENTS_STREAM: cursor}, count=count, block=block_ms or None)
+        found = []
+        for _stream, entries in reply or ():
+            for entry_id, fields in entries:
+                cursor = entry_id.decode()
+                found.append(
+                    Event(
+                        fields.get(b"id", b"").decode(),
+                        fields.get(b"state", b"").decode(),
+                        fields.get(b"code", b"").decode(),
+                        fields.get(b"text", b"").decode(errors="replace"),
+                    )
+                )
+        return cursor, found
