@@ -1,0 +1,1 @@
+"""Tornado request handlers: the WebSocket endpoint and the HTTP pages."""

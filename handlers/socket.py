@@ -1,0 +1,139 @@
+"""The WebSocket endpoint ``/ws``: requests in, acknowledgements and results out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from urllib.parse import urlparse
+
+from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol13
+
+import protocol
+from handlers.context import ServiceContext
+from limits import RequestBudget
+from jobs.store import FAILED, FINISHED, MISSING, JobState
+from protocol import ErrorCode, FactorialRequest, ProtocolError, Request, ResultRequest
+
+log = logging.getLogger(__name__)
+
+
+class FactorialSocket(WebSocketHandler):
+    def initialize(self, context: ServiceContext) -> None:
+        self.context = context
+        # Answers leave in the order their requests arrived (protocol:
+        # Transport), even when a later one is ready first.
+        self._answers: deque[tuple[Request | None, asyncio.Future]] = deque()
+        self._budget = RequestBudget(context.settings)
+
+    def check_origin(self, origin: str) -> bool:
+        """Accept handshakes from the server's own pages and the configured origins.
+
+        Browsers send the page's origin with every handshake and let any page
+        open a socket to any host; without this check a page on another site
+        could use its visitors' browsers to load this service. Clients that
+        are not browsers (wscat, scripts) send no Origin and are not checked.
+        """
+        parsed = urlparse(origin)
+        if parsed.netloc and parsed.netloc.lower() == self.request.host.lower():
+            return True
+        return origin.rstrip("/").lower() in {o.lower() for o in self.context.settings.allowed_origins}
+
+    def get_compression_options(self):
+        return {} if self.context.settings.websocket_compression else None
+
+    def get_websocket_protocol(self):
+        protocol_ = super().get_websocket_protocol()
+        # Same object, with one method stricter: see _StrictUtf8Protocol.
+        if protocol_ is not None:
+            protocol_.__class__ = _StrictUtf8Protocol
+        return protocol_
+
+    def open(self) -> None:
+        self.set_nodelay(True)
+        self.context.metrics.connection_opened()
+
+    def on_close(self) -> None:
+        self.context.delivery.forget(self)
+        self.context.metrics.connection_closed()
+
+    def on_message(self, frame) -> None:
+        request: Request | None = None
+        try:
+            request = protocol.parse_request(frame, self.context.settings.max_number)
+            self._budget.admit(len(self._answers) + self.context.delivery.waits_of(self))
+        except ProtocolError as err:
+            self._queue_answer(request, _failed_future(err if request is None else err.with_ref(request.ref)))
+            return
+        if isinstance(request, FactorialRequest):
+            self._queue_answer(request, self.context.tasks.submit(request.number))
+        else:
+            self._queue_answer(request, self.context.tasks.lookup(request.task_id))
+
+    def send(self, frame: bytes | str) -> int:
+        """Write one frame; return its size, or 0 (and forget this connection) if it is closed."""
+        try:
+            self.write_message(frame)
+        except WebSocketClosedError:
+            self.context.delivery.forget(self)
+            return 0
+        return len(frame)
+
+    # --- answering in order ---------------------------------------------------
+
+    def _queue_answer(self, request: Request | None, answer: asyncio.Future) -> None:
+        self._answers.append((request, answer))
+        answer.add_done_callback(lambda _: self._send_ready_answers())
+
+    def _send_ready_answers(self) -> None:
+        while self._answers and self._answers[0][1].done():
+            request, answer = self._answers.popleft()
+            try:
+                self._answer(request, answer.result())
+            except ProtocolError as err:
+                self.send(protocol.error(err, request.ref if request else None))
+            except Exception:  # noqa: BLE001 - a bug must not cost the connection
+                log.exception("Answering %r failed", request)
+                self.send(protocol.error(ProtocolError(ErrorCode.JOB_FAILED, "internal error", ref=request.ref)))
+
+    def _answer(self, request: Request, state: JobState) -> None:
+        ref = request.ref
+        if isinstance(request, FactorialRequest):
+            self.send(protocol.ack(state.task_id, state.status, state.queue, ref))
+            self.context.metrics.job_accepted(state.queue, state.status)
+        if state.status == FINISHED:
+            self.send(protocol.with_ref(state.payload, ref))
+        elif state.status == FAILED:
+            self.send(protocol.error(state.error, ref))
+        elif state.status == MISSING:
+            self.send(protocol.error(ProtocolError(
+                ErrorCode.UNKNOWN_TASK_ID, f"no task with id {state.task_id!r} (unknown, or its result expired)",
+                task_id=state.task_id), ref))
+        else:
+            if isinstance(request, ResultRequest):
+                self.send(protocol.status(state.task_id, state.status, ref))
+            if self.ws_connection is not None and not self.ws_connection.is_closing():
+                self.context.delivery.watch(state.task_id, self, ref, state.status)
+
+
+def _failed_future(err: ProtocolError) -> asyncio.Future:
+    future = asyncio.get_running_loop().create_future()
+    future.set_exception(err)
+    return future
+
+
+class _StrictUtf8Protocol(WebSocketProtocol13):
+    """Closes with 1007 on a text frame that is not UTF-8 (RFC 6455, section 8.1).
+
+    Tornado drops such a connection without a close frame (1006 at the client).
+    """
+
+    def _handle_message(self, opcode, data):
+        if opcode == 0x1 and not self._frame_compressed:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.close(1007, "invalid UTF-8")
+                self._abort()
+                return None
+        return super()._handle_message(opcode, data)

@@ -1,0 +1,103 @@
+"""The WebSocket front door: assembles the Tornado application and serves it.
+
+    python server.py          # settings from the environment (see settings.py)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import ssl
+
+import tornado.web
+from redis import Redis
+
+from delivery import ResultDelivery
+from handlers.context import ServiceContext
+from handlers.page import PageHandler
+from handlers.socket import FactorialSocket
+from jobs.store import JobStore
+from metrics import Metrics
+from settings import Settings
+from tasks import TaskClient
+
+log = logging.getLogger("server")
+
+STATIC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+# Connections waiting to be accepted; the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 16384
+
+
+def connect_redis(settings: Settings) -> Redis:
+    # Replies stay bytes: results are forwarded exactly as the worker stored them.
+    return Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=2,
+        # Longer than the delivery loop's blocking read of the event stream.
+        socket_timeout=max(5, 2 * settings.delivery_wait_ms / 1000),
+        retry_on_timeout=False,
+    )
+
+
+def make_context(settings: Settings) -> ServiceContext:
+    tasks = TaskClient(JobStore(connect_redis(settings), settings))
+    return ServiceContext(settings, tasks, ResultDelivery(tasks, settings), Metrics())
+
+
+def make_app(settings: Settings, context: ServiceContext | None = None) -> tornado.web.Application:
+    """The application; call ``app.context.delivery.start()`` on the IOLoop that serves it."""
+    context = context or make_context(settings)
+    app = tornado.web.Application(
+        [
+            (r"/ws", FactorialSocket, {"context": context}),
+            (r"/", PageHandler),
+        ],
+        static_path=STATIC_PATH,
+        websocket_max_message_size=settings.max_frame_bytes,
+    )
+    app.context = context
+    return app
+
+
+def raise_open_file_limit() -> None:
+    """Allow as many open sockets as the system lets this process have."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_certfile, settings.tls_keyfile)
+    return context
+
+
+async def serve(settings: Settings) -> None:
+    raise_open_file_limit()
+    app = make_app(settings)
+    app.listen(
+        settings.server_port,
+        settings.server_host,
+        backlog=LISTEN_BACKLOG,
+        ssl_options=ssl_context(settings),
+        xheaders=True,
+    )
+    app.context.delivery.start()
+    scheme = "wss" if settings.tls else "ws"
+    log.info("Serving %s://%s:%d/ws (Redis at %s)", scheme, settings.server_host or "0.0.0.0",
+             settings.server_port, settings.redis_url)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The server's asynchronous view of the job store.
+
+Requests that arrive while a round trip is under way wait for it and then go
+together in the next one: under load a single round trip enqueues hundreds of
+jobs, and one request alone still goes at once. Redis is only touched on this
+module's own threads, never on the IOLoop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Awaitable, Callable, TypeVar
+
+from redis.exceptions import RedisError
+
+from jobs.store import Event, JobState, JobStore
+from protocol import ErrorCode, ProtocolError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def unavailable() -> ProtocolError:
+    return ProtocolError(ErrorCode.UNAVAILABLE, "the job queue cannot be reached right now; please retry later")
+
+
+class TaskClient:
+    def __init__(self, store: JobStore):
+        self.store = store
+        # Two threads: one batch of requests and one fetch of results may be under
+        # way at once. Event reads block in Redis, so they get a thread of their own.
+        self._executor = ThreadPoolExecutor(2, thread_name_prefix="redis")
+        self._events_executor = ThreadPoolExecutor(1, thread_name_prefix="redis-events")
+        self._submits: list[tuple[int, asyncio.Future]] = []
+        self._lookups: list[tuple[str, asyncio.Future]] = []
+        self._flushing = False
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._events_executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- batched requests ---------------------------------------------------
+
+    def submit(self, number: int) -> "asyncio.Future[JobState]":
+        """The job for ``number!``; fails with ``ProtocolError`` (busy, unavailable)."""
+        future = asyncio.get_running_loop().create_future()
+        self._submits.append((number, future))
+        self._schedule_flush()
+        return future
+
+    def lookup(self, task_id: str) -> "asyncio.Future[JobState]":
+        future = asyncio.get_running_loop().create_future()
+        self._lookups.append((task_id, future))
+        self._schedule_flush()
+        return future
+
+    def _schedule_flush(self) -> None:
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
+
+    async def _flush(self) -> None:
+        try:
+            while self._submits or self._lookups:
+                submits, self._submits = self._submits, []
+                lookups, self._lookups = self._lookups, []
+                try:
+                    answers, states = await self._run(
+                        self._submit_and_lookup, [n for n, _ in submits], [t for t, _ in lookups]
+                    )
+                except Exception as exc:
+                    if isinstance(exc, RedisError):
+                        log.warning("Redis unreachable: %s", exc)
+                    else:
+                        log.exception("Submitting %d and looking up %d failed", len(submits), len(lookups))
+                    for _, future in submits + lookups:
+                        _fail(future, unavailable())
+                    continue
+                for number, future in submits:
+                    _resolve(future, answers[number])
+                for task_id, future in lookups:
+                    _resolve(future, states[task_id])
+        finally:
+            self._flushing = False
+
+    def _submit_and_lookup(self, numbers: list[int], task_ids: list[str]):
+        return self.store.submit(numbers), self.store.states(task_ids)
+
+    # --- direct calls ---------------------------------------------------------
+
+    def states(self, task_ids: list[str]) -> Awaitable[dict[str, JobState]]:
+        return self._run(self.store.states, task_ids)
+
+    def payloads(self, task_ids: list[str]) -> Awaitable[dict[str, bytes]]:
+        return self._run(self.store.payloads, task_ids)
+
+    def events_cursor(self) -> Awaitable[str]:
+        return self._run(self.store.events_cursor)
+
+    def read_events(self, cursor: str, block_ms: int) -> Awaitable[tuple[str, list[Event]]]:
+        return asyncio.get_running_loop().run_in_executor(
+            self._events_executor, self.store.read_events, cursor, block_ms
+        )
+
+    def _run(self, fn: Callable[..., T], *args) -> Awaitable[T]:
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def _resolve(future: asyncio.Future, answer) -> None:
+    if future.done():
+        return
+    if isinstance(answer, ProtocolError):
+        future.set_exception(answer)
+    else:
+        future.set_result(answer)
+
+
+def _fail(future: asyncio.Future, error: ProtocolError) -> None:
+    if not future.done():
+        future.set_exception(error)
