@@ -1,0 +1,136 @@
+"""Fixtures: a real redis-server, real ``rq worker`` processes, and the app served on a free port."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from server import make_app
+from settings import Settings
+from stack.redis import server_command
+from tests.helpers import free_port, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class RedisServer:
+    """A redis-server on a free port of 127.0.0.1, in a folder of its own."""
+
+    def __init__(self, data_dir: Path, append_only: bool = False):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.data_dir = data_dir
+        self.append_only = append_only
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "RedisServer":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            server_command(self.port, self.data_dir, append_only=self.append_only),
+            stdout=subprocess.DEVNULL,
+        )
+        client = Redis.from_url(self.url, socket_connect_timeout=0.2)
+        wait_until(lambda: _pings(client), timeout=10, what=f"redis-server on port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _pings(client: Redis) -> bool:
+    try:
+        return client.ping()
+    except Exception:
+        return False
+
+
+class WorkerProcess:
+    """A real ``rq worker soft hard`` subprocess."""
+
+    def __init__(self, redis_url: str, worker_class: str | None = "jobs.worker.LaneWorker", extra_env=None):
+        self.redis_url = redis_url
+        self.worker_class = worker_class
+        self.extra_env = extra_env or {}
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "WorkerProcess":
+        before = set(_worker_keys(self.redis_url))
+        command = [sys.executable, "-m", "rq.cli", "worker", "soft", "hard", "--url", self.redis_url]
+        if self.worker_class:
+            command += ["--worker-class", self.worker_class]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.extra_env}
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: set(_worker_keys(self.redis_url)) - before or self.process.poll() is not None,
+                   timeout=20, what="the rq worker to register")
+        assert self.process.poll() is None, "rq worker exited at start"
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _worker_keys(redis_url: str) -> list:
+    return Redis.from_url(redis_url).smembers("rq:workers")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """A clean database on the session's Redis, flushed before and after the test."""
+    client = Redis.from_url(redis_server.url)
+    client.flushall()
+    yield redis_server.url
+    client.flushall()
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def worker(redis_url):
+    process = WorkerProcess(redis_url).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def settings(redis_url):
+    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2)
+
+
+@pytest.fixture
+def app(settings, io_loop):
+    application = make_app(settings)
+    application.context.delivery.start()
+    yield application
+    application.context.delivery.stop()
+    application.context.tasks.close()
+
+
+@pytest.fixture
+def ws_url(http_server, base_url):
+    return base_url.replace("http://", "ws://") + "/ws"

@@ -1,0 +1,77 @@
+"""Small tools the tests share: waiting with a deadline, free ports, WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+from tornado.websocket import websocket_connect
+
+# Big enough for 1,000,000! (5.6 MB) in one message.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Return the predicate's first truthy value; fail if none comes within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+async def async_wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+class Client:
+    """A WebSocket client speaking the protocol, for tests."""
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    @classmethod
+    async def connect(cls, url: str, **kwargs) -> "Client":
+        return cls(await websocket_connect(url, max_message_size=MAX_MESSAGE_BYTES, **kwargs))
+
+    async def send(self, message) -> None:
+        await self.connection.write_message(message if isinstance(message, (str, bytes)) else json.dumps(message),
+                                            binary=isinstance(message, bytes))
+
+    async def receive(self, timeout: float = 10.0) -> dict:
+        raw = await asyncio.wait_for(self.connection.read_message(), timeout)
+        if raw is None:
+            raise ConnectionError(f"connection closed ({self.connection.close_code})")
+        return json.loads(raw)
+
+    async def ask(self, message, timeout: float = 10.0) -> dict:
+        await self.send(message)
+        return await self.receive(timeout)
+
+    async def factorial(self, number: int, timeout: float = 30.0) -> tuple[dict, dict]:
+        """Ask for number! and return (acknowledgement, success)."""
+        ack = await self.ask({"type": "factorial", "number": number}, timeout)
+        assert ack["type"] == "result", ack
+        done = await self.receive(timeout)
+        return ack, done
+
+    def close(self) -> None:
+        self.connection.close()
