@@ -14,6 +14,7 @@ import ssl
 import tornado.web
 from redis import Redis
 
+import looplag
 from delivery import ResultDelivery
 from handlers.context import ServiceContext
 from handlers.page import PageHandler
@@ -87,6 +88,7 @@ async def serve(settings: Settings) -> None:
         xheaders=True,
     )
     app.context.delivery.start()
+    looplag.start_from_env()
     scheme = "wss" if settings.tls else "ws"
     log.info("Serving %s://%s:%d/ws (Redis at %s)", scheme, settings.server_host or "0.0.0.0",
              settings.server_port, settings.redis_url)

@@ -1,0 +1,80 @@
+"""An optional probe of the server's IOLoop: its longest stall, and the process's memory.
+
+    LOOP_LAG_PORT=9100 python server.py
+    curl 'http://127.0.0.1:9100/?reset=1'   # {"max_lag_ms": 3.1, "rss_bytes": 52367360, ...}
+
+A coroutine sleeps ``TICK_S`` again and again; whatever it oversleeps is time
+the loop spent on something else without yielding. The probe answers on its
+own port of 127.0.0.1, so the benchmark can read it between scenarios without
+touching the service's routes. Unset, nothing runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+
+import tornado.web
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.005
+
+
+class LagMonitor:
+    def __init__(self) -> None:
+        self.max_lag_s = 0.0
+        self.ticks = 0
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(TICK_S)
+            lag = time.perf_counter() - before - TICK_S
+            self.ticks += 1
+            if lag > self.max_lag_s:
+                self.max_lag_s = lag
+
+    def reading(self, reset: bool = False) -> dict:
+        answer = {"max_lag_ms": round(self.max_lag_s * 1000, 2), "ticks": self.ticks, "rss_bytes": rss_bytes()}
+        if reset:
+            self.max_lag_s = 0.0
+            self.ticks = 0
+        return answer
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process, from /proc (Linux); 0 elsewhere."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class _ReadingHandler(tornado.web.RequestHandler):
+    def initialize(self, monitor: LagMonitor) -> None:
+        self.monitor = monitor
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps(self.monitor.reading(reset=self.get_argument("reset", "") == "1")))
+
+
+def start_from_env(environ=os.environ) -> LagMonitor | None:
+    """Start the probe on 127.0.0.1:$LOOP_LAG_PORT if that is set; call on the running loop."""
+    port = environ.get("LOOP_LAG_PORT", "").strip()
+    if not port:
+        return None
+    monitor = LagMonitor()
+    monitor.start()
+    tornado.web.Application([(r"/", _ReadingHandler, {"monitor": monitor})]).listen(int(port), "127.0.0.1")
+    log.info("Loop lag probe on http://127.0.0.1:%s/", port)
+    return monitor
