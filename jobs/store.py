@@ -7,12 +7,14 @@ number of jobs it handles (pipelines and ``enqueue_many``).
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 
 from redis import Redis
 from rq import Callback, Queue
 from rq.job import Job
+from rq.utils import utcparse
 
 from jobs import events, keys
 from jobs.routing import QUEUES, queue_for, timeout_for
@@ -32,6 +34,11 @@ STARTED = "started"
 FINISHED = "finished"
 FAILED = "failed"
 MISSING = "missing"
+
+# A job still "started" this long after its time limit has lost its worker:
+# jobs.worker.LaneWorker ends an overrunning job HORSE_GRACE_S (0.5 s) after it.
+OVERDUE_SLACK_S = 1.0
+WORKER_LOST_TEXT = "the job failed: the worker running it stopped responding"
 
 # RQ states that mean "not running yet" to a client.
 _WAITING_STATES = {"queued", "deferred", "scheduled", "created"}
@@ -151,11 +158,11 @@ class JobStore:
                 pipe.get(keys.payload(task_id))
             else:
                 pipe.exists(keys.payload(task_id))
-            pipe.hmget(Job.key_for(task_id), "status", "origin")
+            pipe.hmget(Job.key_for(task_id), "status", "origin", "started_at", "timeout")
         replies = pipe.execute()
         result = {}
         for i, task_id in enumerate(task_ids):
-            payload, (status, origin) = replies[2 * i], replies[2 * i + 1]
+            payload, (status, origin, started_at, timeout) = replies[2 * i], replies[2 * i + 1]
             queue = origin.decode() if origin else ""
             status = status.decode() if status else ""
             if payload:
@@ -164,6 +171,12 @@ class JobStore:
                 )
             elif status in _WAITING_STATES:
                 result[task_id] = JobState(task_id, QUEUED, queue)
+            elif status == STARTED and _overdue(started_at, timeout):
+                # Its worker died with it (nobody else fails it for minutes):
+                # report it failed, so waiting clients hear and a new request
+                # for the same number starts a new job.
+                result[task_id] = JobState(task_id, FAILED, queue, error=ProtocolError(
+                    ErrorCode.JOB_FAILED, WORKER_LOST_TEXT, task_id=task_id))
             elif status == STARTED:
                 result[task_id] = JobState(task_id, STARTED, queue)
             elif status in ("failed", "stopped", "canceled"):
@@ -211,3 +224,21 @@ class JobStore:
                     )
                 )
         return cursor, found
+
+
+def _overdue(started_at: bytes | None, timeout: bytes | None) -> bool:
+    """Whether a started job has run past its time limit plus OVERDUE_SLACK_S.
+
+    Compares the worker's clock (RQ's ``started_at``, UTC) with this one's, so
+    the hosts' clocks must agree to well within a second (NTP).
+    """
+    if not started_at or not timeout:
+        return False
+    try:
+        limit = float(timeout)
+        started = utcparse(started_at.decode())
+    except ValueError:
+        return False
+    if limit <= 0:
+        return False
+    return time.time() - started.timestamp() > limit + OVERDUE_SLACK_S

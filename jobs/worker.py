@@ -4,11 +4,25 @@
 
 The stock worker forks a work horse for every job, about 10 ms each, while a
 soft job takes microseconds: so soft jobs run in the worker's own process
-(as RQ's SimpleWorker does), and hard jobs keep the forked horse, which can
-be killed when it overruns its time limit.
+(as RQ's SimpleWorker does), where RQ's SIGALRM time limit interrupts them;
+that is enough because soft jobs are short Python-interruptible work.
+
+Hard jobs keep the forked horse, and this worker holds their time limit
+itself. RQ's horse enforces it with SIGALRM, which cannot interrupt GMP: a
+horse busy in ``gmpy2.fac`` runs on, and the stock parent only kills it 60 s
+past its limit. Here the parent watches the horse and kills its process group
+``HORSE_GRACE_S`` after the limit, fails the job as a timeout and publishes the
+job's end, so its client hears ``timeout`` at once and the worker moves on.
+A horse that dies any other way (SIGKILL, out of memory) gets its failure
+event published here too, since RQ runs no failure callback for it.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
 
 from rq.job import Job
 from rq.queue import Queue
@@ -17,8 +31,20 @@ from rq.worker import SimpleWorker, Worker
 from jobs import events
 from jobs.routing import SOFT
 
+# A horse still running this long after its job's time limit is killed.
+HORSE_GRACE_S = 0.5
+# How often the parent looks at its horse, seconds.
+HORSE_POLL_S = 0.05
+# Stored as the failure of an overrunning job: events.describe_failure_text
+# maps the name JobTimeoutException to the protocol's ``timeout``.
+OVERRUN_TEXT = "rq.timeouts.JobTimeoutException: Job exceeded its {timeout} s time limit; work horse killed"
+
 
 class LaneWorker(Worker):
+    _horse_deadline: float | None = None
+    _overran_job_id: str | None = None
+    _killed_job_id: str | None = None
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         if queue.name == SOFT:
             SimpleWorker.execute_job(self, job, queue)
@@ -36,3 +62,54 @@ class LaneWorker(Worker):
         if job.origin != SOFT:
             # Hard jobs run long enough for a client to care that they started.
             events.publish(self.connection, job.id, events.STARTED)
+
+    # --- holding a hard job's time limit (in the parent) ------------------------
+
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        super().fork_work_horse(job, queue)
+        has_limit = job.timeout is not None and job.timeout > 0
+        self._horse_deadline = time.monotonic() + job.timeout + HORSE_GRACE_S if has_limit else None
+        self._horse_job_id = job.id
+        self._overran_job_id = None
+
+    def wait_for_horse(self):
+        """Wait for the horse to exit, killing it once it overruns its job's time limit.
+
+        RQ calls this under its own SIGALRM of ``job_monitoring_interval``
+        (heartbeats happen between calls), so it may be interrupted and called
+        again; the deadline stays the one set at fork time.
+        """
+        while True:
+            with contextlib.suppress(ChildProcessError):
+                pid, status, rusage = os.wait4(self.horse_pid, os.WNOHANG)
+                if pid:
+                    return pid, status, rusage
+                deadline = self._horse_deadline
+                if deadline is None or time.monotonic() < deadline:
+                    time.sleep(HORSE_POLL_S)
+                    continue
+                self.log.warning("Job %s overran its time limit; killing its work horse", self._horse_job_id)
+                self._overran_job_id = self._horse_job_id
+                self.kill_horse(signal.SIGKILL)
+                return os.wait4(self.horse_pid, 0)
+            return None, None, None
+
+    def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:
+        # Called by RQ's monitor, in the parent, before it fails the job.
+        self._killed_job_id = job.id
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+
+    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string="", execution=None):
+        killed = self._killed_job_id == job.id
+        overran = killed and self._overran_job_id == job.id
+        if overran:
+            exc_string = OVERRUN_TEXT.format(timeout=job.timeout)
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        if killed:
+            # RQ runs no failure callback for a killed horse: tell the servers here.
+            self._killed_job_id = self._overran_job_id = None
+            code, text = events.describe_failure_text(exc_string)
+            try:
+                events.publish(self.connection, job.id, events.FAILED, code.value, text)
+            except Exception:  # noqa: BLE001 - the servers' sweep still finds the failure
+                self.log.exception("Could not publish the failure of job %s", job.id)
