@@ -183,6 +183,9 @@ class ResultDelivery:
             for ref in refs:
                 frame = protocol.with_ref(payload, ref) if payload is not None else protocol.error(error, ref)
                 written += subscriber.send(frame)
+            delivered = getattr(subscriber, "delivered", None)
+            if delivered is not None:  # metrics: the socket handler times its own requests
+                delivered(task_id, "success" if payload is not None else error.code.value)
             if written >= WRITE_SLICE_BYTES:
                 written = 0
                 await asyncio.sleep(0)

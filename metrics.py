@@ -1,8 +1,17 @@
-"""The server's Prometheus metrics, in a registry of its own per application."""
+"""The server's Prometheus metrics, in a registry of its own per application.
+
+Counters move as things happen, on the IOLoop, and cost a dict lookup. Values
+that live in Redis (queue lengths) are read at scrape time by the ``/metrics``
+handler, off the loop, and set here just before the text is generated.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# From a factorial request's arrival to its answer leaving: soft jobs take
+# milliseconds, 1,000,000! takes several seconds, the hard time limit is 60 s.
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
@@ -15,6 +24,21 @@ class Metrics:
             "factorial_jobs_accepted", "Factorial requests accepted, by queue and state at acceptance",
             ["queue", "status"], registry=self.registry,
         )
+        self.delivered = Counter(
+            "factorial_results_delivered", "Final answers sent (success, or the error code), pushed or at once",
+            ["outcome"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "factorial_request_latency_seconds", "From a factorial request's arrival to its final answer leaving",
+            buckets=LATENCY_BUCKETS_S, registry=self.registry,
+        )
+        self.waiting_jobs = Gauge(
+            "factorial_waiting_jobs", "Jobs that connections of this process wait for", registry=self.registry
+        )
+        self.queue_length = Gauge(
+            "factorial_queue_length", "Jobs waiting in each queue, read at scrape time",
+            ["queue"], registry=self.registry,
+        )
 
     def connection_opened(self) -> None:
         self.open_connections.inc()
@@ -24,3 +48,16 @@ class Metrics:
 
     def job_accepted(self, queue: str, status: str) -> None:
         self.requests.labels(queue or "unknown", status).inc()
+
+    def result_delivered(self, outcome: str, latency_s: float | None = None) -> None:
+        """One final answer left; ``latency_s`` when its request's arrival is known."""
+        self.delivered.labels(outcome).inc()
+        if latency_s is not None:
+            self.latency.observe(latency_s)
+
+    def exposition(self, waiting_jobs: int, queue_lengths: dict[str, int]) -> bytes:
+        """The Prometheus text, with the values read at scrape time."""
+        self.waiting_jobs.set(waiting_jobs)
+        for name, length in queue_lengths.items():
+            self.queue_length.labels(name).set(length)
+        return generate_latest(self.registry)

@@ -16,7 +16,9 @@ from redis import Redis
 
 import looplag
 from delivery import ResultDelivery
+from handlers.api import FactorialApiHandler, TaskApiHandler
 from handlers.context import ServiceContext
+from handlers.health import HealthHandler, MetricsHandler
 from handlers.page import PageHandler
 from handlers.socket import FactorialSocket
 from jobs.store import JobStore
@@ -54,6 +56,10 @@ def make_app(settings: Settings, context: ServiceContext | None = None) -> torna
         [
             (r"/ws", FactorialSocket, {"context": context}),
             (r"/", PageHandler),
+            (r"/api/factorial", FactorialApiHandler, {"context": context}),
+            (r"/api/tasks/([^/]+)", TaskApiHandler, {"context": context}),
+            (r"/healthz", HealthHandler, {"context": context}),
+            (r"/metrics", MetricsHandler, {"context": context}),
         ],
         static_path=STATIC_PATH,
         websocket_max_message_size=settings.max_frame_bytes,

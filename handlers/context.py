@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Awaitable, Callable, TypeVar
 
 from delivery import ResultDelivery
 from metrics import Metrics
 from settings import Settings
 from tasks import TaskClient
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -16,3 +19,7 @@ class ServiceContext:
     tasks: TaskClient
     delivery: ResultDelivery
     metrics: Metrics
+
+    def run_blocking(self, fn: Callable[..., T], *args) -> Awaitable[T]:
+        """Run a blocking call (Redis) on the task client's threads, never on the IOLoop."""
+        return self.tasks._run(fn, *args)

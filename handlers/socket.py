@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections import deque
 from urllib.parse import urlparse
 
@@ -25,6 +27,8 @@ class FactorialSocket(WebSocketHandler):
         # Transport), even when a later one is ready first.
         self._answers: deque[tuple[Request | None, asyncio.Future]] = deque()
         self._budget = RequestBudget(context.settings)
+        # Metrics: when this connection first asked for each job it waits for.
+        self._asked_at: dict[str, float] = {}
 
     def check_origin(self, origin: str) -> bool:
         """Accept handshakes from the server's own pages and the configured origins.
@@ -66,7 +70,9 @@ class FactorialSocket(WebSocketHandler):
             self._queue_answer(request, _failed_future(err if request is None else err.with_ref(request.ref)))
             return
         if isinstance(request, FactorialRequest):
-            self._queue_answer(request, self.context.tasks.submit(request.number))
+            submitted = self.context.tasks.submit(request.number)
+            submitted.add_done_callback(functools.partial(self._note_asked, time.monotonic()))
+            self._queue_answer(request, submitted)
         else:
             self._queue_answer(request, self.context.tasks.lookup(request.task_id))
 
@@ -103,8 +109,10 @@ class FactorialSocket(WebSocketHandler):
             self.context.metrics.job_accepted(state.queue, state.status)
         if state.status == FINISHED:
             self.send(protocol.with_ref(state.payload, ref))
+            self.delivered(state.task_id, "success")
         elif state.status == FAILED:
             self.send(protocol.error(state.error, ref))
+            self.delivered(state.task_id, state.error.code.value)
         elif state.status == MISSING:
             self.send(protocol.error(ProtocolError(
                 ErrorCode.UNKNOWN_TASK_ID, f"no task with id {state.task_id!r} (unknown, or its result expired)",
@@ -114,6 +122,17 @@ class FactorialSocket(WebSocketHandler):
                 self.send(protocol.status(state.task_id, state.status, ref))
             if self.ws_connection is not None and not self.ws_connection.is_closing():
                 self.context.delivery.watch(state.task_id, self, ref, state.status)
+
+    # --- metrics ----------------------------------------------------------------
+
+    def _note_asked(self, asked_at: float, submitted: asyncio.Future) -> None:
+        if not submitted.cancelled() and submitted.exception() is None:
+            self._asked_at.setdefault(submitted.result().task_id, asked_at)
+
+    def delivered(self, task_id: str, outcome: str) -> None:
+        """Count a final answer that left; the delivery loop calls this too."""
+        asked_at = self._asked_at.pop(task_id, None)
+        self.context.metrics.result_delivered(outcome, None if asked_at is None else time.monotonic() - asked_at)
 
 
 def _failed_future(err: ProtocolError) -> asyncio.Future:

@@ -1,0 +1,70 @@
+"""``GET /healthz`` and ``GET /metrics``: is the service able to work, and how it is doing."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import tornado.web
+from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
+from rq import Worker
+
+from handlers.context import ServiceContext
+from jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+def read_health(store: JobStore) -> dict:
+    """Redis reachability, and the workers and length of each queue. Blocking."""
+    try:
+        store.redis.ping()
+        queues = {
+            name: {"workers": Worker.count(connection=store.redis, queue=queue), "length": queue.count}
+            for name, queue in store.queues.items()
+        }
+    except RedisError as exc:
+        return {"redis": False, "error": str(exc), "queues": {}}
+    return {"redis": True, "queues": queues}
+
+
+def read_queue_lengths(store: JobStore) -> dict[str, int]:
+    """Jobs waiting in each queue, in one round trip. Blocking."""
+    pipe = store.redis.pipeline(transaction=False)
+    for queue in store.queues.values():
+        pipe.llen(queue.key)
+    return dict(zip(store.queues, pipe.execute()))
+
+
+class HealthHandler(tornado.web.RequestHandler):
+    """200 when Redis answers and every queue has a worker, else 503: a load balancer's probe."""
+
+    def initialize(self, context: ServiceContext) -> None:
+        self.context = context
+
+    async def get(self) -> None:
+        health = await self.context.run_blocking(read_health, self.context.tasks.store)
+        healthy = health["redis"] and all(q["workers"] >= 1 for q in health["queues"].values())
+        health["ok"] = bool(healthy)
+        self.set_status(200 if healthy else 503)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(json.dumps(health))
+
+
+class MetricsHandler(tornado.web.RequestHandler):
+    """Prometheus text format; queue lengths are left out when Redis cannot be reached."""
+
+    def initialize(self, context: ServiceContext) -> None:
+        self.context = context
+
+    async def get(self) -> None:
+        try:
+            lengths = await self.context.run_blocking(read_queue_lengths, self.context.tasks.store)
+        except RedisError as exc:
+            log.warning("Metrics without queue lengths: Redis unreachable (%s)", exc)
+            lengths = {}
+        body = self.context.metrics.exposition(self.context.delivery.waiting_jobs, lengths)
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(body)
