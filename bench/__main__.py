@@ -1,0 +1,130 @@
+"""Benchmark the service, each figure beside its floor measured in the same run.
+
+    python -m bench                      # everything, on a stack of its own
+    python -m bench --quick              # smaller counts, about half a minute
+    python -m bench -s latency -s big    # some scenarios only
+    python -m bench --url ws://host:8888/ws --redis-url redis://host:6379/0 [--probe-url http://...]
+
+A stack of its own is a private redis-server on a free port, ``--workers`` rq
+workers (``jobs.worker.LaneWorker``) and two servers (the second offers
+permessage-deflate, for the compression scenario and for scale out). The
+table is printed and saved as JSON (``bench/results/latest.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from bench import stack as stacks
+from bench.scenarios import Row, Scenarios
+
+log = logging.getLogger("bench")
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+ALL = ("latency", "throughput", "rq_simple_floor", "big", "hot_key", "held", "compression", "scale_out")
+DEFAULT = tuple(s for s in ALL if s != "rq_simple_floor")
+LOOP_LAG_TARGET_MS = 50.0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("-s", "--scenario", action="append", choices=ALL,
+                        help="run only this scenario (repeatable); default: all but rq_simple_floor")
+    parser.add_argument("--quick", action="store_true", help="smaller counts; skips 1000000! and 1000 clients")
+    parser.add_argument("--workers", type=int, default=2, help="rq workers to start (default 2)")
+    parser.add_argument("--worker-class", default="jobs.worker.LaneWorker")
+    parser.add_argument("--url", action="append", help="a running server's ws:// URL (give two for scale out)")
+    parser.add_argument("--redis-url", help="the running stack's Redis (needed with --url)")
+    parser.add_argument("--probe-url", action="append", default=[],
+                        help="a running server's loop lag probe (LOOP_LAG_PORT), in --url order")
+    parser.add_argument("--json", type=Path, default=RESULTS, help=f"where to save the table (default {RESULTS})")
+    args = parser.parse_args(argv)
+    if args.url and not args.redis_url:
+        parser.error("--url needs --redis-url")
+    return args
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": model or platform.processor(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+async def run(args: argparse.Namespace, stack: stacks.Stack) -> list[Row]:
+    scenarios = Scenarios(stack, args.quick, args.workers)
+    rows: list[Row] = []
+    for name in args.scenario or DEFAULT:
+        for server in stack.servers:
+            server.probe(reset=True)
+        started = time.perf_counter()
+        found = await getattr(scenarios, name)()
+        lags = [server.probe().get("max_lag_ms") for server in stack.servers]
+        lag = max((x for x in lags if x is not None), default=None)
+        for row in found:
+            row.loop_lag_ms = lag
+        log.info("%s: %.1f s, loop lag %s ms", name, time.perf_counter() - started, lag)
+        rows.extend(found)
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    header = ("scenario", "measure", "value", "floor", "ratio", "target", "met", "loop lag", "note")
+    lines = [header]
+    for r in rows:
+        floor = f"{r.floor:.4g} {r.unit} ({r.floor_name})" if r.floor is not None else r.floor_name
+        lines.append((
+            r.scenario, r.measure, f"{r.value:.4g} {r.unit}", floor,
+            f"{r.ratio:.2f}x" if r.ratio is not None else "", r.target,
+            {True: "yes", False: "NO", None: ""}[r.met],
+            f"{r.loop_lag_ms:.0f} ms" if r.loop_lag_ms is not None else "", r.note,
+        ))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    out = []
+    for i, line in enumerate(lines):
+        out.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths)) + " |")
+        if i == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.url:
+        stack = stacks.attach(args.url, args.redis_url, args.probe_url)
+    else:
+        stack = stacks.start(args.workers, args.worker_class, servers=2,
+                             second_server_env={"WEBSOCKET_COMPRESSION": "true"})
+    try:
+        rows = asyncio.run(run(args, stack))
+    finally:
+        if not args.url:
+            stack.close()
+    text = table(rows)
+    print(text)
+    # Loop lag is a target of every scenario.
+    lag_ok = all(r.loop_lag_ms is None or r.loop_lag_ms <= LOOP_LAG_TARGET_MS for r in rows)
+    report = {"command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+              "machine": machine(), "quick": args.quick, "workers": args.workers,
+              "worker_class": args.worker_class, "loop_lag_target_ms": LOOP_LAG_TARGET_MS,
+              "loop_lag_met": lag_ok, "rows": [r.as_dict() for r in rows], "table": text}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    log.info("saved %s", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The processes a benchmark run needs: a private Redis, rq workers and servers, on free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from redis import Redis
+
+from stack.redis import server_command
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, what: str, timeout: float = START_TIMEOUT_S):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _answers(client: Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+@dataclass
+class Server:
+    """One ``python server.py``, with its loop lag probe."""
+
+    url: str
+    probe_url: str = ""
+    process: subprocess.Popen | None = None
+
+    def probe(self, reset: bool = False) -> dict:
+        """The probe's reading ({} when the server was not started with one)."""
+        if not self.probe_url:
+            return {}
+        try:
+            with urllib.request.urlopen(self.probe_url + ("?reset=1" if reset else ""), timeout=5) as reply:
+                return json.loads(reply.read())
+        except OSError:
+            return {}
+
+
+@dataclass
+class Stack:
+    redis_url: str
+    servers: list[Server]
+    workers: list[subprocess.Popen] = field(default_factory=list)
+    owned: list[subprocess.Popen] = field(default_factory=list)
+    worker_class: str = "jobs.worker.LaneWorker"
+    tmp: str = ""
+
+    @property
+    def redis(self) -> Redis:
+        return Redis.from_url(self.redis_url)
+
+    def start_workers(self, count: int, worker_class: str) -> None:
+        """Replace the running workers by ``count`` workers of ``worker_class``."""
+        self.stop_workers()
+        self.worker_class = worker_class
+        client = self.redis
+        for _ in range(count):
+            before = set(client.smembers("rq:workers"))
+            command = [sys.executable, "-m", "rq.cli", "worker", "soft", "hard",
+                       "--worker-class", worker_class, "--url", self.redis_url]
+            process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for(lambda: set(client.smembers("rq:workers")) - before or process.poll() is not None,
+                     "an rq worker to register")
+            if process.poll() is not None:
+                raise RuntimeError("rq worker exited at start")
+            self.workers.append(process)
+
+    def stop_workers(self) -> None:
+        for process in self.workers:
+            _stop(process)
+        self.workers.clear()
+        # Dead workers' keys would make a later run's registration check ambiguous.
+        client = self.redis
+        for key in client.smembers("rq:workers"):
+            client.srem("rq:workers", key)
+
+    def start_server(self, extra_env: dict | None = None) -> Server:
+        port, probe_port = free_port(), free_port()
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "SERVER_PORT": str(port), "SERVER_HOST": "127.0.0.1",
+               "REDIS_URL": self.redis_url, "LOOP_LAG_PORT": str(probe_port), "LOG_LEVEL": "WARNING",
+               **(extra_env or {})}
+        process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env)
+        server = Server(f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{probe_port}/", process)
+        wait_for(lambda: server.probe() or process.poll() is not None, "the server to listen")
+        if process.poll() is not None:
+            raise RuntimeError("server.py exited at start")
+        self.servers.append(server)
+        self.owned.append(process)
+        return server
+
+    def close(self) -> None:
+        self.stop_workers()
+        for process in reversed(self.owned):
+            _stop(process)
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def start(workers: int, worker_class: str, servers: int, second_server_env: dict | None = None) -> Stack:
+    """A whole stack of our own: Redis, ``workers`` rq workers, ``servers`` servers."""
+    tmp = tempfile.mkdtemp(prefix="bench-redis-")
+    port = free_port()
+    redis_process = subprocess.Popen(server_command(port, Path(tmp), append_only=False), stdout=subprocess.DEVNULL)
+    stack = Stack(f"redis://127.0.0.1:{port}/0", [], owned=[redis_process], tmp=tmp)
+    try:
+        wait_for(lambda: _answers(Redis.from_url(stack.redis_url)), "redis-server")
+        stack.start_workers(workers, worker_class)
+        for i in range(servers):
+            stack.start_server(second_server_env if i == 1 else None)
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+def attach(urls: list[str], redis_url: str, probe_urls: list[str]) -> Stack:
+    """A running stack, given by its servers' URLs and its Redis."""
+    servers = [Server(url, probe) for url, probe in zip(urls, probe_urls + [""] * len(urls))]
+    return Stack(redis_url, servers)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
