@@ -134,3 +134,48 @@ def app(settings, io_loop):
 @pytest.fixture
 def ws_url(http_server, base_url):
     return base_url.replace("http://", "ws://") + "/ws"
+
+
+class ServedApp:
+    """``python server.py`` as a subprocess on a free port, for clients outside the test's IOLoop."""
+
+    def __init__(self, redis_url: str, port: int | None = None):
+        self.redis_url = redis_url
+        self.port = port or free_port()
+        self.http_url = f"http://localhost:{self.port}"
+        self.ws_url = f"ws://localhost:{self.port}/ws"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "ServedApp":
+        env = {**os.environ, "REDIS_URL": self.redis_url, "SERVER_PORT": str(self.port),
+               "SERVER_HOST": "localhost", "DELIVERY_WAIT_MS": "20", "SWEEP_INTERVAL_S": "0.2"}
+        self.process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self._answers() or self.process.poll() is not None, timeout=20,
+                   what=f"the server on port {self.port}")
+        assert self.process.poll() is None, "server.py exited at start"
+        return self
+
+    def _answers(self) -> bool:
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def served_app(redis_url):
+    server = ServedApp(redis_url).start()
+    yield server
+    server.stop()

@@ -1,0 +1,177 @@
+// The page's client of the WebSocket protocol (docs/protocol.md): asks for n!,
+// lists this page's jobs, and survives server restarts by reconnecting and
+// asking again, by task_id, for every result it still waits for.
+"use strict";
+
+const SHOWN_DIGITS = 20;          // first and last digits shown of a long result
+const RETRY_MIN_MS = 250;         // reconnect delay, doubled up to RETRY_MAX_MS
+const RETRY_MAX_MS = 4000;
+
+const jobs = new Map();           // ref -> job; "ref" matches every answer to its request
+let nextRef = 1;
+let socket = null;
+let retryMs = RETRY_MIN_MS;
+
+const list = document.getElementById("jobs");
+const connectionLabel = document.getElementById("connection");
+
+function socketUrl() {
+  return location.origin.replace(/^http/, "ws") + "/ws";
+}
+
+function setConnection(state, text) {
+  connectionLabel.dataset.state = state;
+  connectionLabel.textContent = text;
+}
+
+function connect() {
+  setConnection("connecting", "connecting…");
+  const ws = new WebSocket(socketUrl());
+  socket = ws;
+  ws.onopen = () => {
+    retryMs = RETRY_MIN_MS;
+    setConnection("open", "connected");
+    for (const job of jobs.values()) {
+      if (!job.finished) resend(job);
+    }
+  };
+  ws.onmessage = (event) => receive(JSON.parse(event.data));
+  ws.onclose = () => {
+    if (socket !== ws) return;
+    setConnection("closed", "disconnected, reconnecting…");
+    setTimeout(connect, retryMs);
+    retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
+  };
+}
+
+function send(message) {
+  if (socket && socket.readyState === WebSocket.OPEN) {
+    socket.send(JSON.stringify(message));
+    return true;
+  }
+  return false;  // sent on reconnect by resend()
+}
+
+// After a reconnect: a job with a task_id is looked up, one without is asked again.
+function resend(job) {
+  if (job.taskId) send({type: "result", task_id: job.taskId, ref: job.ref});
+  else send({type: "factorial", number: job.number, ref: job.ref});
+}
+
+function ask(number) {
+  const job = {ref: "job-" + nextRef++, number, state: "sending", askedAt: performance.now(),
+               endedAt: null, taskId: null, digits: null, result: null, finished: false, error: null};
+  jobs.set(job.ref, job);
+  job.node = render(job);
+  list.prepend(job.node);
+  send({type: "factorial", number, ref: job.ref});
+}
+
+function receive(message) {
+  const job = jobs.get(message.ref);
+  if (!job || job.finished) return;
+  if (message.task_id) job.taskId = message.task_id;
+  switch (message.type) {
+    case "result":   // acknowledgement
+    case "status":
+      job.state = message.status;
+      break;
+    case "success":
+      // Results above 2^53 - 1 arrive as strings of digits, so String() keeps them exact.
+      job.result = String(message.result);
+      job.digits = message.digits;
+      finish(job, "done");
+      break;
+    case "error":
+      job.error = `${message.code}: ${message.result}`;
+      finish(job, "error");
+      break;
+  }
+  update(job);
+}
+
+function finish(job, state) {
+  job.state = state;
+  job.finished = true;
+  job.endedAt = performance.now();
+}
+
+function render(job) {
+  const node = document.createElement("li");
+  node.className = "job";
+  node.dataset.ref = job.ref;
+  node.innerHTML = `
+    <div class="line"><span class="n"></span><span class="state"></span>
+      <span class="elapsed"></span><span class="digits"></span></div>
+    <div class="result"></div>
+    <div class="actions" hidden><button class="copy" type="button">Copy</button>
+      <button class="download" type="button">Download</button></div>`;
+  node.querySelector(".n").textContent = job.number + "!";
+  node.querySelector(".copy").onclick = () => copy(job, node);
+  node.querySelector(".download").onclick = () => download(job);
+  update(job, node);
+  return node;
+}
+
+function update(job, node = job.node) {
+  const shownState = job.state === "finished" ? "done" : job.state;
+  node.dataset.state = shownState;
+  node.querySelector(".state").textContent = shownState;
+  node.querySelector(".elapsed").textContent = elapsed(job);
+  if (job.result !== null) {
+    node.querySelector(".digits").textContent = `${job.digits} digits`;
+    node.querySelector(".result").textContent = abbreviate(job.result);
+    node.querySelector(".actions").hidden = false;
+  } else if (job.error) {
+    node.querySelector(".result").textContent = job.error;
+  }
+}
+
+function elapsed(job) {
+  const ms = (job.endedAt ?? performance.now()) - job.askedAt;
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+function abbreviate(digits) {
+  if (digits.length <= 2 * SHOWN_DIGITS + 1) return digits;
+  return `${digits.slice(0, SHOWN_DIGITS)}…${digits.slice(-SHOWN_DIGITS)}`;
+}
+
+async function copy(job, node) {
+  const button = node.querySelector(".copy");
+  try {
+    await navigator.clipboard.writeText(job.result);
+    button.textContent = "Copied";
+  } catch (err) {
+    // Clipboard access needs a secure context or a permission; download still works.
+    button.textContent = "Copy refused";
+  }
+}
+
+function download(job) {
+  const url = URL.createObjectURL(new Blob([job.result + "\n"], {type: "text/plain"}));
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = `factorial-${job.number}.txt`;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+// Elapsed times of jobs still running tick on screen.
+setInterval(() => {
+  for (const job of jobs.values()) {
+    if (!job.finished) job.node.querySelector(".elapsed").textContent = elapsed(job);
+  }
+}, 100);
+
+document.getElementById("ask").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const field = document.getElementById("number");
+  const number = Number(field.value);
+  if (!Number.isSafeInteger(number) || number < 0) return;
+  ask(number);
+});
+
+connect();

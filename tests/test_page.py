@@ -1,0 +1,137 @@
+"""The page at ``/`` in a real headless Chromium, against the served app and a real worker."""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, ServedApp, WorkerProcess
+from tests.helpers import wait_until
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Set in CI: a missing browser fails the suite instead of skipping these tests.
+REQUIRED = os.environ.get("CI_REQUIRE_BROWSER") == "1"
+
+
+def missing(reason: str):
+    if REQUIRED:
+        pytest.fail(f"{reason} (CI_REQUIRE_BROWSER=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("playwright is not installed (pip install playwright)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 900, "height": 640})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def submit(page, number: int) -> None:
+    page.fill("#number", str(number))
+    page.click("#submit")
+
+
+def job(page, number: int):
+    return page.locator(".job", has=page.locator(".n", has_text=re.compile(rf"^{number}!$")))
+
+
+def test_submitting_5_shows_120(page, served_app, worker):
+    page.goto(served_app.http_url + "/")
+    page.wait_for_selector('#connection[data-state="open"]')
+    submit(page, 5)
+    entry = job(page, 5)
+    entry.and_(page.locator('[data-state="done"]')).wait_for(timeout=15000)
+    assert entry.locator(".result").inner_text() == "120"
+    assert entry.locator(".digits").inner_text() == "3 digits"
+    assert re.fullmatch(r"\d+ ms|\d+\.\d s", entry.locator(".elapsed").inner_text())
+
+
+def test_submitting_100000_shows_456574_digits_and_downloads_them(page, served_app, worker, tmp_path):
+    page.goto(served_app.http_url + "/")
+    page.wait_for_selector('#connection[data-state="open"]')
+    submit(page, 5)
+    submit(page, 100000)
+    entry = job(page, 100000)
+    entry.and_(page.locator('[data-state="done"]')).wait_for(timeout=30000)
+    assert entry.locator(".digits").inner_text() == "456574 digits"
+    assert entry.locator(".result").inner_text() == "28242294079603478742…00000000000000000000"
+
+    with page.expect_download() as download:
+        entry.locator(".download").click()
+    saved = tmp_path / "download.txt"
+    download.value.save_as(saved)
+    digits = saved.read_text().strip()
+    assert len(digits) == 456574 and digits.startswith("28242294079603478742")
+
+    job(page, 5).and_(page.locator('[data-state="done"]')).wait_for(timeout=15000)
+    shot = tmp_path / "screenshot.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 1000
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":
+        shutil.copy(shot, ROOT / "docs" / "screenshot.png")
+
+
+def test_the_page_reconnects_after_a_restart_and_asks_for_pending_results(page, redis_url):
+    sent = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
+    server = ServedApp(redis_url).start()
+    worker = None
+    try:
+        page.goto(server.http_url + "/")
+        page.wait_for_selector('#connection[data-state="open"]')
+        submit(page, 7)  # no worker yet: the job stays queued
+        job(page, 7).and_(page.locator('[data-state="queued"]')).wait_for(timeout=10000)
+
+        server.stop()
+        page.wait_for_selector('#connection[data-state="closed"]')
+        server = ServedApp(redis_url, port=server.port).start()
+        worker = WorkerProcess(redis_url).start()
+
+        entry = job(page, 7)
+        entry.and_(page.locator('[data-state="done"]')).wait_for(timeout=20000)
+        assert entry.locator(".result").inner_text() == "5040"
+        assert any('"type":"result"' in frame and '"task_id"' in frame for frame in sent), sent
+    finally:
+        server.stop()
+        if worker:
+            worker.stop()
+
+
+def readme_console_snippet() -> tuple[str, str]:
+    """The README's browser-console snippet, and the output its last comment promises."""
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"```js\n(.*?)```", readme, re.S).group(1)
+    expected = re.search(r"^// → (.*)$", code, re.M).group(1)
+    return code, expected
+
+
+def test_the_readme_console_snippet_prints_what_it_promises(page, served_app, worker):
+    code, expected = readme_console_snippet()
+    logged = []
+    page.on("console", lambda message: logged.append(message.text))
+    page.goto(served_app.http_url + "/")
+    # A script tag runs it as the console would (evaluate() would call the
+    # function its last line evaluates to).
+    page.add_script_tag(content=code.replace("localhost:8888", f"localhost:{served_app.port}"))
+    wait_until(lambda: expected in logged or page.wait_for_timeout(50), timeout=30,
+               what=f"the console to print {expected!r} (got {logged})")
+    assert expected == "456574 digits: 28242294079603478742…"
