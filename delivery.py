@@ -103,9 +103,11 @@ class ResultDelivery:
         try:
             if self._cursor is None:
                 self._cursor = await self.tasks.events_cursor()
-            self._cursor, found = await self.tasks.read_events(self._cursor, self.settings.delivery_wait_ms)
+            self._cursor, found, payloads = await self.tasks.read_events(
+                self._cursor, self.settings.delivery_wait_ms, self._waiting
+            )
             self._remember(found)
-            await self._settle(e for e in found if e.task_id in self._waiting)
+            await self._settle((e for e in found if e.task_id in self._waiting), payloads)
             if self._waiting and time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self.settings.sweep_interval_s
                 await self._sweep()
@@ -124,8 +126,8 @@ class ResultDelivery:
                 break
             self._recent.popitem(last=False)
 
-    async def _settle(self, found: Iterable[Event]) -> None:
-        """Act on job events: push a start, or deliver an end."""
+    async def _settle(self, found: Iterable[Event], fetched: dict[str, bytes] | None = None) -> None:
+        """Act on job events: push a start, or deliver an end (``fetched``: payloads already read)."""
         finished = []
         for event in found:
             if event.state == job_events.FINISHED:
@@ -136,7 +138,11 @@ class ResultDelivery:
             elif event.state == job_events.STARTED:
                 self._push_started(event.task_id)
         if finished:
-            payloads = await self.tasks.payloads(finished)
+            fetched = fetched or {}
+            payloads = {t: fetched[t] for t in finished if t in fetched}
+            missing = [t for t in finished if t not in fetched]
+            if missing:
+                payloads.update(await self.tasks.payloads(missing))
             for task_id, payload in payloads.items():
                 await self._finish(task_id, payload=payload)
 

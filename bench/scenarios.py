@@ -7,12 +7,14 @@ import json
 import random
 import resource
 import statistics
+import logging
 import time
 from dataclasses import asdict, dataclass
 
 from bench.client import Client, Expected, Wrong, gmpy2_time, rq_direct
 from bench.stack import Stack
 
+log = logging.getLogger(__name__)
 SMALL = range(1, 1001)  # the numbers of the soft queue
 
 
@@ -107,14 +109,20 @@ class Scenarios:
             forget_numbers(self.stack)
             numbers = random.sample(list(SMALL), jobs)
             wall, latencies, lost = await self._clients_run(clients, numbers)
+            service_cpu = self.last_cpu
+            before = self._cpu()
             direct_wall, direct_lat = await asyncio.to_thread(rq_direct, self.stack.redis, numbers, clients)
+            direct_cpu = {k: round((v - before.get(k, 0.0)) / jobs * 1000, 3) for k, v in self._cpu().items()}
+            log.info("%d clients: CPU ms per job, service %s; RQ direct %s", clients, service_cpu, direct_cpu)
             floor = f"RQ direct, {self.workers} x {self.stack.worker_class.rsplit('.', 1)[-1]}, {clients} in flight"
             rate, base = jobs / wall, jobs / direct_wall
             target = ">= 0.9x floor" if clients == 100 else ""
             rows.append(Row(f"throughput, {clients} clients, {jobs} distinct small n", "jobs/s", rate, "jobs/s",
-                            floor, base, target, rate >= 0.9 * base if target else None, f"lost {lost}"))
-            rows.append(Row(f"throughput, {clients} clients, {jobs} distinct small n", "p99", 
-                            percentile(latencies, 99) * 1000, "ms", floor, percentile(direct_lat, 99) * 1000))
+                            floor, base, target, rate >= 0.9 * base if target else None,
+                            f"lost {lost}; CPU ms/job " + ", ".join(f"{k} {v:.2f}" for k, v in service_cpu.items())))
+            rows.append(Row(f"throughput, {clients} clients, {jobs} distinct small n", "p99",
+                            percentile(latencies, 99) * 1000, "ms", floor, percentile(direct_lat, 99) * 1000,
+                            note="floor CPU ms/job " + ", ".join(f"{k} {v:.2f}" for k, v in direct_cpu.items())))
             if lost:
                 raise Wrong(f"{lost} of {jobs} requests got no exact answer")
         return rows
@@ -137,12 +145,19 @@ class Scenarios:
                 except (Wrong, ConnectionError, asyncio.TimeoutError):
                     lost += 1
 
+        cpu_before = self._cpu()
         started = time.perf_counter()
         await asyncio.gather(*(run(c, s) for c, s in zip(connections, shares)))
         wall = time.perf_counter() - started
+        self.last_cpu = {k: round((v - cpu_before.get(k, 0.0)) / len(numbers) * 1000, 3)
+                         for k, v in self._cpu().items()}
         for c in connections:
             c.close()
         return wall, latencies, lost
+
+    def _cpu(self) -> dict[str, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {**self.stack.cpu_seconds(), "bench client": usage.ru_utime + usage.ru_stime}
 
     async def rq_simple_floor(self) -> list[Row]:
         """RQ's own SimpleWorker, directly, as the old service's best measured setup."""

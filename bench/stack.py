@@ -118,6 +118,13 @@ class Stack:
         self.owned.append(process)
         return server
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by each kind of process this stack started (Linux /proc)."""
+        roles = {"redis": self.owned[:1], "servers": [s.process for s in self.servers if s.process],
+                 "workers": self.workers}
+        return {role: sum(_cpu_seconds(p.pid) for p in processes) for role, processes in roles.items()
+                if processes}
+
     def close(self) -> None:
         self.stop_workers()
         for process in reversed(self.owned):
@@ -147,6 +154,17 @@ def attach(urls: list[str], redis_url: str, probe_urls: list[str]) -> Stack:
     """A running stack, given by its servers' URLs and its Redis."""
     servers = [Server(url, probe) for url, probe in zip(urls, probe_urls + [""] * len(urls))]
     return Stack(redis_url, servers)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its waited-for children."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # Fields 14-17 of proc(5): utime, stime, cutime, cstime; [0] here is field 3.
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _stop(process: subprocess.Popen) -> None:
