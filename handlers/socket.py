@@ -61,14 +61,23 @@ class FactorialSocket(WebSocketHandler):
         self.context.delivery.forget(self)
         self.context.metrics.connection_closed()
 
-    def on_message(self, frame) -> None:
+    def on_message(self, frame):
         request: Request | None = None
         try:
-            request = protocol.parse_request(frame, self.context.settings.max_number)
-            self._budget.admit(len(self._answers) + self.context.delivery.waits_of(self))
+            try:
+                request = protocol.parse_request(frame, self.context.settings.max_number)
+            finally:
+                # Every frame counts against the budget, bad ones too, so a
+                # flood of garbage is held back like any other.
+                self._budget.admit(len(self._answers) + self.context.delivery.waits_of(self))
         except ProtocolError as err:
             self._queue_answer(request, _failed_future(err if request is None else err.with_ref(request.ref)))
-            return
+            if err.code == ErrorCode.RATE_LIMITED:
+                # Backpressure: Tornado reads no further frame from this
+                # connection until this returns, so a flooding client costs
+                # the loop about one frame per token, not one per frame sent.
+                return asyncio.sleep(1 / max(self.context.settings.max_requests_per_s, 1))
+            return None
         if isinstance(request, FactorialRequest):
             submitted = self.context.tasks.submit(request.number)
             submitted.add_done_callback(functools.partial(self._note_asked, time.monotonic()))
