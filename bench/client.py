@@ -44,6 +44,7 @@ class Client:
         """Ask for number!; return the acknowledgement and the raw final answer."""
         await self.send({"type": "factorial", "number": number})
         ack = json.loads(await self.receive_raw())
+        self.acked_at = time.perf_counter()
         if ack.get("type") != "result":
             raise Wrong(f"{number}!: expected an acknowledgement, got {ack}")
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -18,6 +19,7 @@ from redis import Redis
 
 from stack.redis import server_command
 
+log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 20.0
 
@@ -72,6 +74,7 @@ class Stack:
     workers: list[subprocess.Popen] = field(default_factory=list)
     owned: list[subprocess.Popen] = field(default_factory=list)
     worker_class: str = "jobs.worker.LaneWorker"
+    worker_args: tuple[str, ...] = ()
     tmp: str = ""
 
     @property
@@ -86,7 +89,7 @@ class Stack:
         for _ in range(count):
             before = set(client.smembers("rq:workers"))
             command = [sys.executable, "-m", "rq.cli", "worker", "soft", "hard",
-                       "--worker-class", worker_class, "--url", self.redis_url]
+                       "--worker-class", worker_class, "--url", self.redis_url, *self.worker_args]
             process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_for(lambda: set(client.smembers("rq:workers")) - before or process.poll() is not None,
@@ -116,6 +119,7 @@ class Stack:
             raise RuntimeError("server.py exited at start")
         self.servers.append(server)
         self.owned.append(process)
+        log.info("server pid %d at %s", process.pid, server.url)
         return server
 
     def cpu_seconds(self) -> dict[str, float]:
