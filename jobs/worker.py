@@ -10,7 +10,7 @@ that is enough because soft jobs are short Python-interruptible work.
 Hard jobs keep the forked horse, and this worker holds their time limit
 itself. RQ's horse enforces it with SIGALRM, which cannot interrupt GMP: a
 horse busy in ``gmpy2.fac`` runs on, and the stock parent only kills it 60 s
-past its limit. Here the parent watches the horse and kills its process group
+past its limit. Here the parent waits for the horse until that deadline and kills its process group
 ``HORSE_GRACE_S`` after the limit, fails the job as a timeout and publishes the
 job's end, so its client hears ``timeout`` at once and the worker moves on.
 A horse that dies any other way (SIGKILL, out of memory) gets its failure
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 
@@ -33,7 +34,7 @@ from jobs.routing import SOFT
 
 # A horse still running this long after its job's time limit is killed.
 HORSE_GRACE_S = 0.5
-# How often the parent looks at its horse, seconds.
+# How often the parent looks at its horse where it cannot wait for its exit, seconds.
 HORSE_POLL_S = 0.05
 # Stored as the failure of an overrunning job: events.describe_failure_text
 # maps the name JobTimeoutException to the protocol's ``timeout``.
@@ -79,20 +80,42 @@ class LaneWorker(Worker):
         (heartbeats happen between calls), so it may be interrupted and called
         again; the deadline stays the one set at fork time.
         """
+        if not self.horse_pid:
+            # No horse: wait4(0) would mean "any child", and killing would hit our own group.
+            return None, None, None
         while True:
             with contextlib.suppress(ChildProcessError):
                 pid, status, rusage = os.wait4(self.horse_pid, os.WNOHANG)
                 if pid:
+                    self._horse_deadline = None
                     return pid, status, rusage
                 deadline = self._horse_deadline
-                if deadline is None or time.monotonic() < deadline:
-                    time.sleep(HORSE_POLL_S)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is None or remaining > 0:
+                    self._sleep_until_horse_exits(remaining)
                     continue
                 self.log.warning("Job %s overran its time limit; killing its work horse", self._horse_job_id)
                 self._overran_job_id = self._horse_job_id
                 self.kill_horse(signal.SIGKILL)
+                self._horse_deadline = None
                 return os.wait4(self.horse_pid, 0)
             return None, None, None
+
+    def _sleep_until_horse_exits(self, timeout: float | None) -> None:
+        """Return when the horse exits or ``timeout`` seconds pass (None: no limit).
+
+        A pidfd becomes readable when its process exits, so a finished job is
+        noticed at once rather than at the next poll.
+        """
+        try:
+            pidfd = os.pidfd_open(self.horse_pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3, or the horse is already reaped
+            time.sleep(HORSE_POLL_S if timeout is None else min(timeout, HORSE_POLL_S))
+            return
+        try:
+            select.select([pidfd], [], [], timeout)
+        finally:
+            os.close(pidfd)
 
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:
         # Called by RQ's monitor, in the parent, before it fails the job.
