@@ -14,6 +14,7 @@ import ssl
 import tornado.web
 from redis import Redis
 
+import fairloop
 import looplag
 from delivery import ResultDelivery
 from handlers.api import FactorialApiHandler, TaskApiHandler
@@ -104,7 +105,8 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(settings))
+    with asyncio.Runner(loop_factory=fairloop.new_event_loop) as runner:
+        runner.run(serve(settings))
 
 
 if __name__ == "__main__":

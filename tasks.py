@@ -22,6 +22,10 @@ from protocol import ErrorCode, ProtocolError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Resolve this many answers of one batch, then give the IOLoop a turn: 10,000
+# requests that arrive together must not hold it for a second.
+RESOLVE_SLICE = 200
+
 
 def unavailable() -> ProtocolError:
     return ProtocolError(ErrorCode.UNAVAILABLE, "the job queue cannot be reached right now; please retry later")
@@ -79,10 +83,13 @@ class TaskClient:
                     for _, future in submits + lookups:
                         _fail(future, unavailable())
                     continue
-                for number, future in submits:
-                    _resolve(future, answers[number])
-                for task_id, future in lookups:
-                    _resolve(future, states[task_id])
+                resolved = [(f, answers[n]) for n, f in submits] + [(f, states[t]) for t, f in lookups]
+                for i, (future, answer) in enumerate(resolved, 1):
+                    _resolve(future, answer)
+                    if i % RESOLVE_SLICE == 0:
+                        # Each answer's callbacks run in the next loop pass: let
+                        # them run a slice at a time, so other work gets turns.
+                        await asyncio.sleep(0)
         finally:
             self._flushing = False
 

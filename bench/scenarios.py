@@ -47,6 +47,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
+def _lag(reading: dict) -> str:
+    return f"{reading.get('max_lag_ms', 0):.0f} ms ({reading.get('max_busy_ms', 0):.0f})" if reading else "?"
+
+
 def forget_numbers(stack: Stack) -> None:
     """Drop the number -> job index, so every number is new to the service again."""
     client = stack.redis
@@ -245,7 +249,8 @@ class Scenarios:
         connect_s = time.perf_counter() - started
         connections = [c for c in opened if isinstance(c, Client)]
         failures = count - len(connections)
-        after = server.probe().get("rss_bytes", 0)
+        opening = server.probe(reset=True)
+        after = opening.get("rss_bytes", 0)
         numbers = [SMALL[i % len(SMALL)] for i in range(len(connections))]
 
         async def ask(client: Client, n: int) -> bool:
@@ -259,6 +264,7 @@ class Scenarios:
         started = time.perf_counter()
         results = await asyncio.gather(*(ask(c, n) for c, n in zip(connections, numbers)))
         answer_s = time.perf_counter() - started
+        answering = server.probe()
         for c in connections:
             c.close()
         exact = sum(results)
@@ -266,7 +272,8 @@ class Scenarios:
         name = f"held connections, {count} opened at once"
         return [
             Row(name, "answered exactly", exact, "connections", "opened", count, "all accepted and answered",
-                exact == count, f"connect failures {failures}; connect {connect_s:.1f} s, answers {answer_s:.1f} s"),
+                exact == count, f"connect failures {failures}; connect {connect_s:.1f} s, answers {answer_s:.1f} s; "
+                f"loop lag (busy) while connecting {_lag(opening)}, while answering {_lag(answering)}"),
             Row(name, "server memory per connection", per_connection, "KiB", note=f"RSS {before >> 20} -> {after >> 20} MiB"),
         ]
 
