@@ -1,0 +1,64 @@
+"""The Procfile's rq-dashboard, run as the Procfile runs it, shows the queues and the worker."""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from jobs.store import JobStore
+from settings import Settings
+from tests.conftest import ROOT
+from tests.helpers import free_port, wait_until
+
+
+def procfile_command(name: str) -> str:
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {name} process in the Procfile")
+
+
+def fetch_json(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return json.load(response)
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def dashboard(redis_url):
+    assert procfile_command("dashboard").endswith("python -m stack.dashboard")
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url, "RQ_DASHBOARD_PORT": str(port), "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "stack.dashboard"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: fetch_json(base + "/0/data/queues.json") is not None or process.poll() is not None,
+                   timeout=30, what="rq-dashboard to answer")
+        assert process.poll() is None, "rq-dashboard exited at start"
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_the_dashboard_shows_the_soft_and_hard_queues_and_the_worker(redis_url, redis_client, worker, dashboard):
+    # A queue is listed once a job has been put on it: one per queue, via the server's own store.
+    store = JobStore(redis_client, Settings(redis_url=redis_url))
+    store.submit([5, 5000])
+
+    queues = {q["name"]: q for q in fetch_json(dashboard + "/0/data/queues.json")["queues"]}
+    assert {"soft", "hard"} <= set(queues)
+
+    workers = fetch_json(dashboard + "/0/data/workers.json")["workers"]
+    assert len(workers) == 1 and sorted(workers[0]["queues"]) == ["hard", "soft"]
+    assert workers[0]["pid"] == worker.process.pid
