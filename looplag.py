@@ -14,6 +14,7 @@ touching the service's routes. Unset, nothing runs.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -31,10 +32,24 @@ class LagMonitor:
         self.max_lag_s = 0.0
         self.max_busy_s = 0.0
         self.ticks = 0
+        self.full_gcs = 0
+        self.max_gc_s = 0.0
+        self._gc_started = 0.0
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        # Garbage collection stops the loop too: time each full one.
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.full_gcs += 1
+            self.max_gc_s = max(self.max_gc_s, time.perf_counter() - self._gc_started)
 
     async def _run(self) -> None:
         while True:
@@ -50,10 +65,11 @@ class LagMonitor:
 
     def reading(self, reset: bool = False) -> dict:
         answer = {"max_lag_ms": round(self.max_lag_s * 1000, 2), "max_busy_ms": round(self.max_busy_s * 1000, 2),
+                  "full_gcs": self.full_gcs, "max_full_gc_ms": round(self.max_gc_s * 1000, 2),
                   "ticks": self.ticks, "rss_bytes": rss_bytes()}
         if reset:
-            self.max_lag_s = self.max_busy_s = 0.0
-            self.ticks = 0
+            self.max_lag_s = self.max_busy_s = self.max_gc_s = 0.0
+            self.ticks = self.full_gcs = 0
         return answer
 
 

@@ -105,6 +105,8 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fairloop.limit_accepts()
+    fairloop.tune_gc()
     with asyncio.Runner(loop_factory=fairloop.new_event_loop) as runner:
         runner.run(serve(settings))
 

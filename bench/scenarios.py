@@ -48,7 +48,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def _lag(reading: dict) -> str:
-    return f"{reading.get('max_lag_ms', 0):.0f} ms ({reading.get('max_busy_ms', 0):.0f})" if reading else "?"
+    if not reading:
+        return "?"
+    return (f"{reading.get('max_lag_ms', 0):.0f} ms ({reading.get('max_busy_ms', 0):.0f}), "
+            f"{reading.get('full_gcs', 0)} full GC (longest {reading.get('max_full_gc_ms', 0):.0f} ms)")
 
 
 def forget_numbers(stack: Stack) -> None:
@@ -218,9 +221,11 @@ class Scenarios:
 
         forget_numbers(self.stack)
         connections = await asyncio.gather(*(Client.connect(self.url) for _ in range(clients)))
+        cpu_before = self._cpu()
         started = time.perf_counter()
         answers = await asyncio.gather(*(c.factorial_raw(n) for c in connections), return_exceptions=True)
         elapsed = time.perf_counter() - started
+        cpu = {k: v - cpu_before.get(k, 0.0) for k, v in self._cpu().items()}
         for c in connections:
             c.close()
         good = [a for a in answers if not isinstance(a, BaseException)]
@@ -233,7 +238,8 @@ class Scenarios:
         return [Row(f"hot key, {clients} clients ask {n}! at once", "all answered", elapsed * 1000, "ms",
                     "one client alone", alone * 1000, "1 job, all exact, <= 2x floor",
                     len(task_ids) == 1 and exact == clients and elapsed <= 2 * alone,
-                    f"jobs {len(task_ids)}, exact {exact}/{clients}")]
+                    f"jobs {len(task_ids)}, exact {exact}/{clients}; {clients * len(first) / elapsed / 1e6:.0f} MB/s "
+                    "delivered; CPU s " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))]
 
     # --- 5. held connections ------------------------------------------------
 
