@@ -64,6 +64,11 @@ def test_submitting_5_shows_120(page, served_app, worker):
     assert entry.locator(".digits").inner_text() == "3 digits"
     assert re.fullmatch(r"\d+ ms|\d+\.\d s", entry.locator(".elapsed").inner_text())
 
+    submit(page, 2000000)  # above MAX_NUMBER: the protocol's error, shown on the job
+    refused = job(page, 2000000)
+    refused.and_(page.locator('[data-state="error"]')).wait_for(timeout=15000)
+    assert refused.locator(".result").inner_text().startswith("number_too_large: ")
+
 
 def test_submitting_100000_shows_456574_digits_and_downloads_them(page, served_app, worker, tmp_path):
     page.goto(served_app.http_url + "/")
