@@ -34,6 +34,7 @@ class LagMonitor:
         self.ticks = 0
         self.full_gcs = 0
         self.max_gc_s = 0.0
+        self.max_gc_generation = 0
         self._gc_started = 0.0
         self._task: asyncio.Task | None = None
 
@@ -42,14 +43,15 @@ class LagMonitor:
         gc.callbacks.append(self._on_gc)
 
     def _on_gc(self, phase: str, info: dict) -> None:
-        # Garbage collection stops the loop too: time each full one.
-        if info["generation"] != 2:
-            return
+        # Garbage collection stops the loop too: time every collection, count the full ones.
         if phase == "start":
             self._gc_started = time.perf_counter()
-        else:
+            return
+        pause = time.perf_counter() - self._gc_started
+        if pause > self.max_gc_s:
+            self.max_gc_s, self.max_gc_generation = pause, info["generation"]
+        if info["generation"] == 2:
             self.full_gcs += 1
-            self.max_gc_s = max(self.max_gc_s, time.perf_counter() - self._gc_started)
 
     async def _run(self) -> None:
         while True:
@@ -65,7 +67,8 @@ class LagMonitor:
 
     def reading(self, reset: bool = False) -> dict:
         answer = {"max_lag_ms": round(self.max_lag_s * 1000, 2), "max_busy_ms": round(self.max_busy_s * 1000, 2),
-                  "full_gcs": self.full_gcs, "max_full_gc_ms": round(self.max_gc_s * 1000, 2),
+                  "full_gcs": self.full_gcs, "max_gc_ms": round(self.max_gc_s * 1000, 2),
+                  "max_gc_generation": self.max_gc_generation,
                   "ticks": self.ticks, "rss_bytes": rss_bytes()}
         if reset:
             self.max_lag_s = self.max_busy_s = self.max_gc_s = 0.0

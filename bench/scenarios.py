@@ -51,7 +51,8 @@ def _lag(reading: dict) -> str:
     if not reading:
         return "?"
     return (f"{reading.get('max_lag_ms', 0):.0f} ms ({reading.get('max_busy_ms', 0):.0f}), "
-            f"{reading.get('full_gcs', 0)} full GC (longest {reading.get('max_full_gc_ms', 0):.0f} ms)")
+            f"{reading.get('full_gcs', 0)} full GC, longest GC {reading.get('max_gc_ms', 0):.0f} ms "
+            f"(generation {reading.get('max_gc_generation', 0)})")
 
 
 def forget_numbers(stack: Stack) -> None:
