@@ -65,7 +65,8 @@ def machine() -> dict:
 
 
 async def run(args: argparse.Namespace, stack: stacks.Stack) -> list[Row]:
-    scenarios = Scenarios(stack, args.quick, args.workers)
+    workers = len(stack.redis.smembers("rq:workers")) if args.url else args.workers
+    scenarios = Scenarios(stack, args.quick, workers)
     rows: list[Row] = []
     for name in args.scenario or (QUICK if args.quick else ALL):
         for server in stack.servers:

@@ -172,6 +172,8 @@ class Scenarios:
 
     async def rq_simple_floor(self) -> list[Row]:
         """RQ's own SimpleWorker, directly, as the old service's best measured setup."""
+        if not self.stack.owned:
+            return []  # a running stack's workers are not ours to replace
         numbers = random.sample(list(SMALL), 1000)
         current = self.stack.worker_class
         await asyncio.to_thread(self.stack.start_workers, self.workers, "rq.worker.SimpleWorker")

@@ -159,7 +159,7 @@ def start(workers: int, worker_class: str, servers: int, second_server_env: dict
 def attach(urls: list[str], redis_url: str, probe_urls: list[str]) -> Stack:
     """A running stack, given by its servers' URLs and its Redis."""
     servers = [Server(url, probe) for url, probe in zip(urls, probe_urls + [""] * len(urls))]
-    return Stack(redis_url, servers)
+    return Stack(redis_url, servers, worker_class="the stack's own worker class")
 
 
 def _cpu_seconds(pid: int) -> float:
