@@ -122,10 +122,14 @@ def main(argv=None) -> int:
     finally:
         if not args.url:
             stack.close()
-    text = table(rows)
-    print(text)
     # Loop lag is a target of every scenario.
     lag_ok = all(r.loop_busy_ms is None or r.loop_busy_ms <= LOOP_LAG_TARGET_MS for r in rows)
+    busiest = max((r.loop_busy_ms for r in rows if r.loop_busy_ms is not None), default=None)
+    text = table(rows)
+    if busiest is not None:
+        text += (f"\nlongest IOLoop stall, loop CPU: {busiest:.0f} ms "
+                 f"(target <= {LOOP_LAG_TARGET_MS:.0f} ms: {'met' if lag_ok else 'NOT met'})")
+    print(text)
     report = {"command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": machine(), "quick": args.quick, "workers": args.workers,
               "worker_class": args.worker_class, "loop_lag_target_ms": LOOP_LAG_TARGET_MS,
