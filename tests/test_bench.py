@@ -8,6 +8,8 @@ reports them. This checks that the benchmark still works and that scale out
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -20,11 +22,18 @@ pytestmark = pytest.mark.slow
 
 def test_quick_benchmark_runs_and_every_answer_is_exact(tmp_path):
     out = tmp_path / "bench.json"
-    done = subprocess.run(
+    # Its own session, so a hung run can be stopped with everything it started.
+    process = subprocess.Popen(
         [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    try:
+        stdout, stderr = process.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    assert process.returncode == 0, stderr[-3000:]
     report = json.loads(out.read_text())
     rows = {(r["scenario"], r["measure"]): r for r in report["rows"]}
     scenarios = {scenario for scenario, _ in rows}
@@ -40,4 +49,4 @@ def test_quick_benchmark_runs_and_every_answer_is_exact(tmp_path):
     scale_out = next(r for r in report["rows"] if r["scenario"].startswith("scale out"))
     assert scale_out["met"] is True
     assert report["machine"]["cores"] >= 1
-    assert "| scenario" in done.stdout
+    assert "| scenario" in stdout
