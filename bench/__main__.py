@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -108,6 +109,8 @@ def table(rows: list[Row]) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    # Stopped with SIGTERM, still stop the processes it started (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.url:
         stack = stacks.attach(args.url, args.redis_url, args.probe_url)
     else:
