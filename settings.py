@@ -26,6 +26,8 @@ class Settings:
     max_number: int = 1_000_000
     # number <= soft_max_number goes to the soft queue, anything larger to hard.
     soft_max_number: int = 1000
+    # Soft requests that arrive together share one RQ job, this many at most.
+    soft_batch_size: int = 50
     soft_timeout_s: int = 10
     hard_timeout_s: int = 60
     result_ttl_s: int = 3600
@@ -56,6 +58,8 @@ class Settings:
             raise SettingsError(
                 f"SOFT_MAX_NUMBER={self.soft_max_number} must lie between 0 and MAX_NUMBER={self.max_number}"
             )
+        if self.soft_batch_size < 1:
+            raise SettingsError(f"SOFT_BATCH_SIZE={self.soft_batch_size} must be at least 1")
         if bool(self.tls_certfile) != bool(self.tls_keyfile):
             raise SettingsError("TLS_CERTFILE and TLS_KEYFILE must be set together")
 

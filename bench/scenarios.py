@@ -153,7 +153,8 @@ class Scenarios:
                     ack, raw = await client.factorial_raw(n)
                     latencies.append(time.perf_counter() - started)
                     self.expected.check(n, raw, ack["task_id"])
-                except (Wrong, ConnectionError, asyncio.TimeoutError):
+                except (Wrong, ConnectionError, asyncio.TimeoutError) as exc:
+                    log.warning("%d!: no exact answer: %r", n, exc)
                     lost += 1
 
         cpu_before = self._cpu()

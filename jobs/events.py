@@ -17,12 +17,26 @@ FINISHED = "finished"
 FAILED = "failed"
 
 
-def publish(connection, task_id: str, state: str, code: str = "", text: str = "") -> None:
-    fields = {"id": task_id, "state": state}
+BATCH_JOB = "jobs.factorial.factorial_batch"
+
+
+def task_ids_of(job) -> list[str]:
+    """The tasks a job computes: its own id, or its members' for a batch job."""
+    if job.func_name == BATCH_JOB:
+        return list(job.args[1])
+    return [job.id]
+
+
+def publish(connection, job, state: str, code: str = "", text: str = "") -> None:
+    """Append one event per task of ``job``, in one round trip."""
+    fields = {"state": state}
     if code:
         fields["code"] = code
         fields["text"] = text
-    connection.xadd(keys.EVENTS_STREAM, fields, maxlen=keys.EVENTS_MAXLEN, approximate=True)
+    pipe = connection.pipeline(transaction=False)
+    for task_id in task_ids_of(job):
+        pipe.xadd(keys.EVENTS_STREAM, {"id": task_id, **fields}, maxlen=keys.EVENTS_MAXLEN, approximate=True)
+    pipe.execute()
 
 
 def describe_failure(exc_type, exc_value) -> tuple[ErrorCode, str]:
@@ -44,10 +58,10 @@ def describe_failure_text(exc_string: str) -> tuple[ErrorCode, str]:
 
 def on_success(job, connection, result, *args, **kwargs) -> None:
     """RQ success callback."""
-    publish(connection, job.id, FINISHED)
+    publish(connection, job, FINISHED)
 
 
 def on_failure(job, connection, exc_type, exc_value, traceback, *args, **kwargs) -> None:
     """RQ failure callback."""
     code, text = describe_failure(exc_type, exc_value)
-    publish(connection, job.id, FAILED, code.value, text)
+    publish(connection, job, FAILED, code.value, text)

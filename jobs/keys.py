@@ -15,3 +15,9 @@ def payload(task_id: str) -> str:
 def by_number(number: int) -> str:
     """The id of the job that computes (or computed) ``number!``, for sharing it."""
     return f"factorial:by-number:{number}"
+
+
+def task_job(task_id: str) -> str:
+    """The id of the batch job that computes a task, for tasks that share one."""
+    return f"factorial:task-job:{task_id}"
+

@@ -17,11 +17,12 @@ from rq.job import Job
 from rq.utils import utcparse
 
 from jobs import events, keys
-from jobs.routing import QUEUES, queue_for, timeout_for
+from jobs.routing import QUEUES, SOFT, queue_for, timeout_for
 from protocol import ErrorCode, ProtocolError
 from settings import Settings
 
 FACTORIAL_JOB = "jobs.factorial.factorial"
+BATCH_JOB = events.BATCH_JOB
 ON_SUCCESS = Callback("jobs.events.on_success")
 ON_FAILURE = Callback("jobs.events.on_failure")
 
@@ -39,6 +40,8 @@ MISSING = "missing"
 # jobs.worker.LaneWorker ends an overrunning job HORSE_GRACE_S (0.5 s) after it.
 OVERDUE_SLACK_S = 1.0
 WORKER_LOST_TEXT = "the job failed: the worker running it stopped responding"
+
+_JOB_FIELDS = ("status", "origin", "started_at", "timeout")
 
 # RQ states that mean "not running yet" to a client.
 _WAITING_STATES = {"queued", "deferred", "scheduled", "created"}
@@ -106,91 +109,106 @@ class JobStore:
                 to_enqueue[queue_for(number, self.settings)].append(number)
 
         pipe = self.redis.pipeline(transaction=False)
-        for name, batch in to_enqueue.items():
-            room = self.settings.max_queue_length - queue_lengths[name]
-            accepted, refused = batch[: max(room, 0)], batch[max(room, 0) :]
-            for number in refused:
-                answers[number] = ProtocolError(
-                    ErrorCode.BUSY,
-                    f"the {name} queue is full ({self.settings.max_queue_length} jobs); please retry later",
-                )
-            if accepted:
-                answers.update(self._enqueue(name, accepted, pipe))
+        for name, numbers_for_queue in to_enqueue.items():
+            jobs = _chunks(numbers_for_queue, self.settings.soft_batch_size if name == SOFT else 1)
+            room = max(self.settings.max_queue_length - queue_lengths[name], 0)
+            for refused in jobs[room:]:
+                for number in refused:
+                    answers[number] = ProtocolError(
+                        ErrorCode.BUSY,
+                        f"the {name} queue is full ({self.settings.max_queue_length} jobs); please retry later",
+                    )
+            if jobs[:room]:
+                answers.update(self._enqueue(name, jobs[:room], pipe))
         pipe.execute()
         return answers
 
-    def _enqueue(self, queue_name: str, numbers: list[int], pipe) -> dict[int, JobState]:
+    def _enqueue(self, queue_name: str, jobs: list[list[int]], pipe) -> dict[int, JobState]:
+        """Add one RQ job per list of numbers; every number gets a task id of its own."""
         timeout = timeout_for(queue_name, self.settings)
+        index_ttl = self.settings.result_ttl_s + timeout + INDEX_SLACK_S
         datas = []
         answers = {}
-        for number in numbers:
-            task_id = new_task_id()
+        for numbers in jobs:
+            task_ids = [new_task_id() for _ in numbers]
+            if len(numbers) == 1:
+                job_id, function, args = task_ids[0], FACTORIAL_JOB, (numbers[0],)
+                description = f"factorial({numbers[0]})"
+            else:
+                job_id, function, args = new_task_id(), BATCH_JOB, (numbers, task_ids)
+                description = f"factorial of {len(numbers)} numbers ({numbers[0]}, ..., {numbers[-1]})"
+                for task_id in task_ids:
+                    pipe.set(keys.task_job(task_id), job_id, ex=index_ttl)
             datas.append(
                 Queue.prepare_data(
-                    FACTORIAL_JOB,
-                    args=(number,),
+                    function,
+                    args=args,
                     timeout=timeout,
                     result_ttl=self.settings.result_ttl_s,
                     failure_ttl=self.settings.failure_ttl_s,
-                    job_id=task_id,
-                    description=f"factorial({number})",
+                    job_id=job_id,
+                    description=description,
                     on_success=ON_SUCCESS,
                     on_failure=ON_FAILURE,
                 )
             )
-            pipe.set(
-                keys.by_number(number), task_id, ex=self.settings.result_ttl_s + timeout + INDEX_SLACK_S
-            )
-            answers[number] = JobState(task_id, QUEUED, queue_name)
+            for number, task_id in zip(numbers, task_ids):
+                pipe.set(keys.by_number(number), task_id, ex=index_ttl)
+                answers[number] = JobState(task_id, QUEUED, queue_name)
         self.queues[queue_name].enqueue_many(datas, pipeline=pipe)
         return answers
 
     # --- looking up -------------------------------------------------------
 
-    def states(self, task_ids: list[str], with_payload: bool = True) -> dict[str, JobState]:
-        """The state of each job, in one round trip (plus one per failed job)."""
+    def states(self, task_ids: list[str]) -> dict[str, JobState]:
+        """The state of each task: one round trip, two when some belong to batch jobs
+        that have not finished (plus one per failed job)."""
         task_ids = list(dict.fromkeys(task_ids))
         if not task_ids:
             return {}
         pipe = self.redis.pipeline(transaction=False)
         for task_id in task_ids:
-            if with_payload:
-                pipe.get(keys.payload(task_id))
-            else:
-                pipe.exists(keys.payload(task_id))
-            pipe.hmget(Job.key_for(task_id), "status", "origin", "started_at", "timeout")
+            pipe.get(keys.payload(task_id))
+            pipe.get(keys.task_job(task_id))
+            pipe.hmget(Job.key_for(task_id), *_JOB_FIELDS)
         replies = pipe.execute()
-        result = {}
-        for i, task_id in enumerate(task_ids):
-            payload, (status, origin, started_at, timeout) = replies[2 * i], replies[2 * i + 1]
-            queue = origin.decode() if origin else ""
-            status = status.decode() if status else ""
-            if payload:
-                result[task_id] = JobState(
-                    task_id, FINISHED, queue, payload if isinstance(payload, bytes) else None
-                )
-            elif status in _WAITING_STATES:
-                result[task_id] = JobState(task_id, QUEUED, queue)
-            elif status == STARTED and _overdue(started_at, timeout):
-                # Its worker died with it (nobody else fails it for minutes):
-                # report it failed, so waiting clients hear and a new request
-                # for the same number starts a new job.
-                result[task_id] = JobState(task_id, FAILED, queue, error=ProtocolError(
-                    ErrorCode.JOB_FAILED, WORKER_LOST_TEXT, task_id=task_id))
-            elif status == STARTED:
-                result[task_id] = JobState(task_id, STARTED, queue)
-            elif status in ("failed", "stopped", "canceled"):
-                result[task_id] = JobState(task_id, FAILED, queue, error=self._failure(task_id, status))
-            else:
-                # No job, or a finished one whose result has expired.
-                result[task_id] = JobState(task_id, MISSING, queue)
-        return result
+        payloads = dict(zip(task_ids, replies[0::3]))
+        job_ids = {t: (batch.decode() if batch else t) for t, batch in zip(task_ids, replies[1::3])}
+        fields = dict(zip(task_ids, replies[2::3]))
 
-    def _failure(self, task_id: str, status: str) -> ProtocolError:
+        in_batches = [t for t in task_ids if not payloads[t] and job_ids[t] != t]
+        if in_batches:
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in in_batches:
+                pipe.hmget(Job.key_for(job_ids[task_id]), *_JOB_FIELDS)
+            fields.update(zip(in_batches, pipe.execute()))
+        return {t: self._state(t, job_ids[t], payloads[t], fields[t]) for t in task_ids}
+
+    def _state(self, task_id: str, job_id: str, payload: bytes | None, fields: list) -> JobState:
+        status, origin, started_at, timeout = fields
+        queue = origin.decode() if origin else ""
+        status = status.decode() if status else ""
+        if payload:
+            return JobState(task_id, FINISHED, queue, payload)
+        if status in _WAITING_STATES:
+            return JobState(task_id, QUEUED, queue)
+        if status == STARTED and _overdue(started_at, timeout):
+            # Its worker died with it (nobody else fails it for minutes):
+            # report it failed, so waiting clients hear and a new request
+            # for the same number starts a new job.
+            return JobState(task_id, FAILED, queue, error=ProtocolError(
+                ErrorCode.JOB_FAILED, WORKER_LOST_TEXT, task_id=task_id))
+        if status == STARTED:
+            return JobState(task_id, STARTED, queue)
+        if status in ("failed", "stopped", "canceled"):
+            return JobState(task_id, FAILED, queue, error=self._failure(task_id, job_id, status))
+        # No job, or a finished one whose result has expired.
+        return JobState(task_id, MISSING, queue)
+
+    def _failure(self, task_id: str, job_id: str, status: str) -> ProtocolError:
         if status != "failed":
             return ProtocolError(ErrorCode.JOB_FAILED, f"the job was {status}", task_id=task_id)
-        job = Job(task_id, connection=self.redis)
-        latest = job.latest_result()
+        latest = Job(job_id, connection=self.redis).latest_result()
         code, text = events.describe_failure_text(latest.exc_string if latest else "")
         return ProtocolError(code, text, task_id=task_id)
 
@@ -242,3 +260,8 @@ def _overdue(started_at: bytes | None, timeout: bytes | None) -> bool:
     if limit <= 0:
         return False
     return time.time() - started.timestamp() > limit + OVERDUE_SLACK_S
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+

@@ -62,7 +62,7 @@ class LaneWorker(Worker):
         super().prepare_job_execution(job, remove_from_intermediate_queue)
         if job.origin != SOFT:
             # Hard jobs run long enough for a client to care that they started.
-            events.publish(self.connection, job.id, events.STARTED)
+            events.publish(self.connection, job, events.STARTED)
 
     # --- holding a hard job's time limit (in the parent) ------------------------
 
@@ -133,6 +133,6 @@ class LaneWorker(Worker):
             self._killed_job_id = self._overran_job_id = None
             code, text = events.describe_failure_text(exc_string)
             try:
-                events.publish(self.connection, job.id, events.FAILED, code.value, text)
+                events.publish(self.connection, job, events.FAILED, code.value, text)
             except Exception:  # noqa: BLE001 - the servers' sweep still finds the failure
                 self.log.exception("Could not publish the failure of job %s", job.id)

@@ -31,3 +31,8 @@ def test_bad_values_name_the_variable(name, value):
 def test_soft_limit_must_not_exceed_max_number():
     with pytest.raises(SettingsError, match="SOFT_MAX_NUMBER"):
         Settings(max_number=10, soft_max_number=11)
+
+
+def test_soft_batches_hold_at_least_one_request():
+    with pytest.raises(SettingsError, match="SOFT_BATCH_SIZE"):
+        Settings(soft_batch_size=0)
