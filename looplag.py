@@ -94,13 +94,12 @@ class _ReadingHandler(tornado.web.RequestHandler):
         self.write(json.dumps(self.monitor.reading(reset=self.get_argument("reset", "") == "1")))
 
 
-def start_from_env(environ=os.environ) -> LagMonitor | None:
-    """Start the probe on 127.0.0.1:$LOOP_LAG_PORT if that is set; call on the running loop."""
-    port = environ.get("LOOP_LAG_PORT", "").strip()
+def start(port: int) -> LagMonitor | None:
+    """Start the probe on 127.0.0.1:port (0: not at all); call on the running loop."""
     if not port:
         return None
     monitor = LagMonitor()
     monitor.start()
-    tornado.web.Application([(r"/", _ReadingHandler, {"monitor": monitor})]).listen(int(port), "127.0.0.1")
+    tornado.web.Application([(r"/", _ReadingHandler, {"monitor": monitor})]).listen(port, "127.0.0.1")
     log.info("Loop lag probe on http://127.0.0.1:%s/", port)
     return monitor

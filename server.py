@@ -95,7 +95,7 @@ async def serve(settings: Settings) -> None:
         xheaders=True,
     )
     app.context.delivery.start()
-    looplag.start_from_env()
+    looplag.start(settings.loop_lag_port)
     scheme = "wss" if settings.tls else "ws"
     log.info("Serving %s://%s:%d/ws (Redis at %s)", scheme, settings.server_host or "0.0.0.0",
              settings.server_port, settings.redis_url)

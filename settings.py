@@ -52,6 +52,8 @@ class Settings:
     tls_certfile: str = ""
     tls_keyfile: str = ""
     log_level: str = "INFO"
+    # Serve the IOLoop lag and memory probe on 127.0.0.1:this port (0: off).
+    loop_lag_port: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.soft_max_number <= self.max_number:

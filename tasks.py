@@ -25,6 +25,9 @@ T = TypeVar("T")
 # Resolve this many answers of one batch, then give the IOLoop a turn: 10,000
 # requests that arrive together must not hold it for a second.
 RESOLVE_SLICE = 200
+# ... or answers carrying this many bytes of stored results (1000 cached
+# copies of 100000! are 456 MB to write).
+RESOLVE_SLICE_BYTES = 4 * 1024 * 1024
 
 
 def unavailable() -> ProtocolError:
@@ -84,11 +87,16 @@ class TaskClient:
                         _fail(future, unavailable())
                     continue
                 resolved = [(f, answers[n]) for n, f in submits] + [(f, states[t]) for t, f in lookups]
-                for i, (future, answer) in enumerate(resolved, 1):
+                count = size = 0
+                for future, answer in resolved:
                     _resolve(future, answer)
-                    if i % RESOLVE_SLICE == 0:
-                        # Each answer's callbacks run in the next loop pass: let
-                        # them run a slice at a time, so other work gets turns.
+                    count += 1
+                    size += len(getattr(answer, "payload", None) or b"")
+                    if count >= RESOLVE_SLICE or size >= RESOLVE_SLICE_BYTES:
+                        # Each answer's callbacks (which write it out) run in the
+                        # next loop pass: let them run a slice at a time, so other
+                        # work gets turns.
+                        count = size = 0
                         await asyncio.sleep(0)
         finally:
             self._flushing = False

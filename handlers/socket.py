@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import deque
@@ -25,7 +24,7 @@ class FactorialSocket(WebSocketHandler):
         self.context = context
         # Answers leave in the order their requests arrived (protocol:
         # Transport), even when a later one is ready first.
-        self._answers: deque[tuple[Request | None, asyncio.Future]] = deque()
+        self._answers: deque[tuple[Request | None, asyncio.Future, float]] = deque()
         self._budget = RequestBudget(context.settings)
         # Metrics: when this connection first asked for each job it waits for.
         self._asked_at: dict[str, float] = {}
@@ -79,9 +78,7 @@ class FactorialSocket(WebSocketHandler):
                 return asyncio.sleep(1 / max(self.context.settings.max_requests_per_s, 1))
             return None
         if isinstance(request, FactorialRequest):
-            submitted = self.context.tasks.submit(request.number)
-            submitted.add_done_callback(functools.partial(self._note_asked, time.monotonic()))
-            self._queue_answer(request, submitted)
+            self._queue_answer(request, self.context.tasks.submit(request.number))
         else:
             self._queue_answer(request, self.context.tasks.lookup(request.task_id))
 
@@ -97,25 +94,28 @@ class FactorialSocket(WebSocketHandler):
     # --- answering in order ---------------------------------------------------
 
     def _queue_answer(self, request: Request | None, answer: asyncio.Future) -> None:
-        self._answers.append((request, answer))
+        self._answers.append((request, answer, time.monotonic()))
         answer.add_done_callback(lambda _: self._send_ready_answers())
 
     def _send_ready_answers(self) -> None:
         while self._answers and self._answers[0][1].done():
-            request, answer = self._answers.popleft()
+            request, answer, asked_at = self._answers.popleft()
             try:
-                self._answer(request, answer.result())
+                self._answer(request, answer.result(), asked_at)
             except ProtocolError as err:
                 self.send(protocol.error(err, request.ref if request else None))
             except Exception:  # noqa: BLE001 - a bug must not cost the connection
                 log.exception("Answering %r failed", request)
                 self.send(protocol.error(ProtocolError(ErrorCode.JOB_FAILED, "internal error", ref=request.ref)))
 
-    def _answer(self, request: Request, state: JobState) -> None:
+    def _answer(self, request: Request, state: JobState, asked_at: float) -> None:
         ref = request.ref
         if isinstance(request, FactorialRequest):
             self.send(protocol.ack(state.task_id, state.status, state.queue, ref))
             self.context.metrics.job_accepted(state.queue, state.status)
+            self._asked_at.setdefault(state.task_id, asked_at)
+            log.info("accepted task=%s queue=%s number=%d state=%s", state.task_id, state.queue,
+                     request.number, state.status)
         if state.status == FINISHED:
             self.send(protocol.with_ref(state.payload, ref))
             self.delivered(state.task_id, "success")
@@ -134,14 +134,13 @@ class FactorialSocket(WebSocketHandler):
 
     # --- metrics ----------------------------------------------------------------
 
-    def _note_asked(self, asked_at: float, submitted: asyncio.Future) -> None:
-        if not submitted.cancelled() and submitted.exception() is None:
-            self._asked_at.setdefault(submitted.result().task_id, asked_at)
-
     def delivered(self, task_id: str, outcome: str) -> None:
-        """Count a final answer that left; the delivery loop calls this too."""
+        """Count and log a final answer that left; the delivery loop calls this too."""
         asked_at = self._asked_at.pop(task_id, None)
-        self.context.metrics.result_delivered(outcome, None if asked_at is None else time.monotonic() - asked_at)
+        elapsed = None if asked_at is None else time.monotonic() - asked_at
+        self.context.metrics.result_delivered(outcome, elapsed)
+        log.info("delivered task=%s outcome=%s after_ms=%s", task_id, outcome,
+                 "-" if elapsed is None else f"{elapsed * 1000:.1f}")
 
 
 def _failed_future(err: ProtocolError) -> asyncio.Future:
