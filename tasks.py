@@ -46,8 +46,9 @@ class TaskClient:
         self._flushing = False
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._events_executor.shutdown(wait=False, cancel_futures=True)
+        """Drop work not started; wait for the round trips under way, so none lands later."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._events_executor.shutdown(wait=True, cancel_futures=True)
 
     # --- batched requests ---------------------------------------------------
 

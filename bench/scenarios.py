@@ -6,7 +6,6 @@ import asyncio
 import json
 import random
 import resource
-import statistics
 import logging
 import time
 from dataclasses import asdict, dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import urllib.request
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from redis import Redis
 from server import make_app
 from settings import Settings
 from stack.redis import server_command
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,13 +40,8 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            stop_process(self.process)
 
 
 def _pings(client: Redis) -> bool:
@@ -137,19 +133,20 @@ def ws_url(http_server, base_url):
 
 
 class ServedApp:
-    """``python server.py`` as a subprocess on a free port, for clients outside the test's IOLoop."""
+    """``python server.py`` as a subprocess on a free port, as it runs in production."""
 
-    def __init__(self, redis_url: str, port: int | None = None):
+    def __init__(self, redis_url: str, port: int | None = None, **env):
         self.redis_url = redis_url
         self.port = port or free_port()
         self.http_url = f"http://localhost:{self.port}"
         self.ws_url = f"ws://localhost:{self.port}/ws"
+        self.env = {"REDIS_URL": redis_url, "SERVER_PORT": str(self.port), "SERVER_HOST": "localhost",
+                    "DELIVERY_WAIT_MS": "20", "SWEEP_INTERVAL_S": "0.2", "LOG_LEVEL": "WARNING",
+                    **{name.upper(): str(value) for name, value in env.items()}}
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "ServedApp":
-        env = {**os.environ, "REDIS_URL": self.redis_url, "SERVER_PORT": str(self.port),
-               "SERVER_HOST": "localhost", "DELIVERY_WAIT_MS": "20", "SWEEP_INTERVAL_S": "0.2"}
-        self.process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env,
+        self.process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env={**os.environ, **self.env},
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: self._answers() or self.process.poll() is not None, timeout=20,
                    what=f"the server on port {self.port}")
@@ -157,21 +154,19 @@ class ServedApp:
         return self
 
     def _answers(self) -> bool:
-        import urllib.request
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1) as response:
+            with urllib.request.urlopen(f"{self.http_url}/", timeout=1) as response:
                 return response.status == 200
         except OSError:
             return False
 
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            stop_process(self.process)
 
 
 @pytest.fixture

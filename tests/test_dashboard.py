@@ -11,7 +11,7 @@ import pytest
 from jobs.store import JobStore
 from settings import Settings
 from tests.conftest import ROOT
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, stop_process, wait_until
 
 
 def procfile_command(name: str) -> str:
@@ -43,12 +43,7 @@ def dashboard(redis_url):
         assert process.poll() is None, "rq-dashboard exited at start"
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def test_the_dashboard_shows_the_soft_and_hard_queues_and_the_worker(redis_url, redis_client, worker, dashboard):

@@ -1,6 +1,5 @@
 """The job function and its routing, without a queue."""
 
-import json
 import math
 
 import pytest

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
 import pytest
-from tornado.httpclient import HTTPRequest
 
-from server import make_app
 from settings import Settings
-from tests.conftest import ROOT, WorkerProcess
-from tests.helpers import Client, async_wait_until, free_port, wait_until
+from tests.conftest import ROOT, ServedApp, WorkerProcess
+from tests.helpers import Client, async_wait_until
 
 log = logging.getLogger(__name__)
 TASK_ID = "0123456789abcdef0123456789abcdef"
@@ -175,47 +171,12 @@ async def test_a_full_queue_answers_busy_and_accepts_again_once_drained(settings
         worker.stop()
 
 
-class ServerProcess:
-    """``python server.py`` on a free port, as it runs in production."""
-
-    def __init__(self, redis_url: str, **env):
-        self.port = free_port()
-        self.url = f"ws://127.0.0.1:{self.port}/ws"
-        self.env = {"REDIS_URL": redis_url, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(self.port),
-                    "LOG_LEVEL": "WARNING", **{k.upper(): str(v) for k, v in env.items()}}
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "ServerProcess":
-        self.process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env={**os.environ, **self.env})
-        wait_until(lambda: _accepts(self.port) or self.process.poll() is not None, timeout=20,
-                   what="the server to listen")
-        assert self.process.poll() is None, "the server exited at start"
-        return self
-
-    def rss_kib(self) -> int:
-        with open(f"/proc/{self.process.pid}/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def server_process(redis_url):
     started = []
 
     def start(**env):
-        server = ServerProcess(redis_url, **env).start()
+        server = ServedApp(redis_url, **env).start()
         started.append(server)
         return server
 
@@ -275,19 +236,19 @@ async def _lookup_latencies(url: str, task_id: str, count: int) -> list[float]:
 @pytest.mark.gen_test(timeout=90)
 async def test_one_flooding_connection_does_not_slow_the_others(server_process, worker, tmp_path):
     server = server_process()
-    setup = await Client.connect(server.url)
+    setup = await Client.connect(server.ws_url)
     ack, _ = await setup.factorial(20)
     task_id = ack["task_id"]
 
     async def measure() -> list[float]:
-        runs = await asyncio.gather(*(_lookup_latencies(server.url, task_id, 40) for _ in range(5)))
+        runs = await asyncio.gather(*(_lookup_latencies(server.ws_url, task_id, 40) for _ in range(5)))
         return sorted(x for run in runs for x in run)
 
     quiet = await measure()
     # The flooder runs in a process of its own, so that its reading and
     # writing do not slow this process's clients.
     progress = tmp_path / "flood-answers"
-    flooder = subprocess.Popen([sys.executable, "-c", FLOOD_SCRIPT, server.url, str(progress)], cwd=ROOT)
+    flooder = subprocess.Popen([sys.executable, "-c", FLOOD_SCRIPT, server.ws_url, str(progress)], cwd=ROOT)
     began = time.monotonic()
     try:
         await async_wait_until(lambda: _count(progress) >= 1000, timeout=20, what="the flood to be under way")
@@ -315,7 +276,7 @@ async def test_one_flooding_connection_does_not_slow_the_others(server_process, 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_client_gets_its_result_by_task_id_after_the_server_restarts(server_process, redis_url):
     first = server_process()
-    client = await Client.connect(first.url)
+    client = await Client.connect(first.ws_url)
     ack = await client.ask({"type": "factorial", "number": 40_000})
     assert ack["status"] == "queued"  # no worker yet
     first.process.kill()
@@ -325,7 +286,7 @@ async def test_a_client_gets_its_result_by_task_id_after_the_server_restarts(ser
     worker = WorkerProcess(redis_url).start()
     try:
         second = server_process()
-        again = await Client.connect(second.url)
+        again = await Client.connect(second.ws_url)
         answer = await again.ask({"type": "result", "task_id": ack["task_id"]}, timeout=20)
         while answer["type"] == "status":
             answer = await again.receive(20)
