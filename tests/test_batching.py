@@ -67,3 +67,21 @@ async def test_requests_sent_together_share_jobs_but_not_task_ids(ws_url, redis_
         assert again["type"] == "success" and again["result"] == factorial_digits(numbers[80])
     finally:
         worker.stop()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_stock_rq_worker_serves_single_batched_and_hard_jobs(ws_url, redis_url):
+    worker = WorkerProcess(redis_url, worker_class=None).start()  # plain ``rq worker soft hard``
+    try:
+        client = await Client.connect(ws_url)
+        numbers = [5, 600, 601, 602, 50_000]
+        for n in numbers:
+            await client.send({"type": "factorial", "number": n, "ref": n})
+        results = {}
+        while len(results) < len(numbers):
+            message = await client.receive(30)
+            if message["type"] == "success":
+                results[message["ref"]] = message["result"]
+        assert results == {n: (120 if n == 5 else factorial_digits(n)) for n in numbers}
+    finally:
+        worker.stop()
