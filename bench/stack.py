@@ -6,17 +6,16 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from redis import Redis
 
+from stack.procs import free_port, stop_process, wait_until
 from stack.redis import server_command
 
 log = logging.getLogger(__name__)
@@ -24,21 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 20.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_for(predicate, what: str, timeout: float = START_TIMEOUT_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
+    return wait_until(predicate, timeout=timeout, what=what)
 
 
 def _answers(client: Redis) -> bool:
@@ -100,7 +86,7 @@ class Stack:
 
     def stop_workers(self) -> None:
         for process in self.workers:
-            _stop(process)
+            stop_process(process)
         self.workers.clear()
         # Dead workers' keys would make a later run's registration check ambiguous.
         client = self.redis
@@ -134,7 +120,7 @@ class Stack:
     def close(self) -> None:
         self.stop_workers()
         for process in reversed(self.owned):
-            _stop(process)
+            stop_process(process)
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -171,13 +157,3 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
     # Fields 14-17 of proc(5): utime, stime, cutime, cstime; [0] here is field 3.
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

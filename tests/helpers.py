@@ -4,43 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
 import time
 
 from tornado.websocket import websocket_connect
 
+from stack.procs import free_port, stop_process, wait_until  # noqa: F401 - the tests' helpers too
+
 # Big enough for 1,000,000! (5.6 MB) in one message.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop_process(process: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """Ask a process to stop, and kill it if it has not within ``grace_s``."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
-    """Return the predicate's first truthy value; fail if none comes within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 async def async_wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
