@@ -59,7 +59,16 @@ class ProtocolError(Exception):
         super().__init__(f"{code.value}: {self.text}")
 
     def with_ref(self, ref) -> "ProtocolError":
+        """The same error, answering the request that carried ``ref``."""
         return ProtocolError(self.code, self.text, ref=ref, task_id=self.task_id)
+
+
+def unknown_task(task_id: str) -> ProtocolError:
+    """The error for an id that names no job (never did, or its result expired)."""
+    shown = task_id if len(task_id) <= 64 else task_id[:61] + "..."
+    return ProtocolError(
+        ErrorCode.UNKNOWN_TASK_ID, f"no task with id {shown!r} (unknown, or its result expired)", task_id=task_id
+    )
 
 
 @dataclass(frozen=True)
@@ -91,19 +100,31 @@ def _parse_int(literal: str):
     return int(literal)
 
 
-def parse_request(frame: Union[str, bytes], max_number: int) -> Request:
-    """Turn one incoming frame into a request, or raise ``ProtocolError``."""
-    if not isinstance(frame, str):
-        # Binary frames are not text (protocol: "Text frames only").
+def decode(text: Union[str, bytes]) -> dict:
+    """One JSON object from a frame or body, with the protocol's strictness; else ``bad_json``.
+
+    Binary frames are not text (protocol: "Text frames only"); over-long
+    integer literals stay text (see ``_LongIntLiteral``).
+    """
+    if not isinstance(text, str):
         raise ProtocolError(ErrorCode.BAD_JSON)
     try:
-        message = json.loads(frame, parse_int=_parse_int)
+        message = json.loads(text, parse_int=_parse_int)
     except (ValueError, RecursionError):
         # RecursionError: deeply nested arrays exhaust the decoder's stack.
         raise ProtocolError(ErrorCode.BAD_JSON) from None
     if not isinstance(message, dict):
         raise ProtocolError(ErrorCode.BAD_JSON)
+    return message
 
+
+def parse_request(frame: Union[str, bytes], max_number: int) -> Request:
+    """Turn one incoming frame into a request, or raise ``ProtocolError``."""
+    return parse_message(decode(frame), max_number)
+
+
+def parse_message(message: dict, max_number: int) -> Request:
+    """Turn one decoded JSON object into a request, or raise ``ProtocolError``."""
     ref = _parse_ref(message)
     kind = message.get("type")
     if kind == "factorial":
@@ -152,8 +173,7 @@ def _parse_task_id(message: dict, ref) -> str:
     if not isinstance(task_id, str):
         raise ProtocolError(ErrorCode.INVALID_TASK_ID, "task_id must be a string", ref=ref)
     if not TASK_ID_PATTERN.fullmatch(task_id):
-        shown = task_id if len(task_id) <= 64 else task_id[:61] + "..."
-        raise ProtocolError(ErrorCode.UNKNOWN_TASK_ID, f"no task with id {shown!r}", ref=ref)
+        raise unknown_task(task_id).with_ref(ref)
     return task_id
 
 

@@ -10,14 +10,13 @@ message, forwarded byte for byte.
 
 from __future__ import annotations
 
-import json
 import logging
 
 import tornado.web
 
 import protocol
 from handlers.context import ServiceContext
-from jobs.store import FAILED, FINISHED, MISSING, JobState
+from jobs.states import MISSING, JobState
 from protocol import ErrorCode, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -31,29 +30,21 @@ _HTTP_STATUS = {
 }
 
 
-def factorial_frame(body: bytes) -> str:
-    """The WebSocket frame a ``POST /api/factorial`` body stands for.
+def factorial_message(body: bytes) -> dict:
+    """The protocol request a ``POST /api/factorial`` body stands for.
 
     The route already says the request type, so the body may leave ``type``
-    out (or say ``factorial``). It is spliced in as text, because decoding and
-    re-encoding would turn an over-long integer into something parse_request
-    judges differently.
+    out (or say ``factorial``).
     """
     try:
-        text = body.decode("utf-8").strip()
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(ErrorCode.BAD_JSON) from None
-    try:
-        # Integers stay text here: this look only checks the type.
-        message = json.loads(text, parse_int=str)
-    except (ValueError, RecursionError):
-        raise ProtocolError(ErrorCode.BAD_JSON) from None
-    if not isinstance(message, dict):
-        raise ProtocolError(ErrorCode.BAD_JSON)
-    if message.get("type", "factorial") != "factorial":
+    message = protocol.decode(text)
+    message.setdefault("type", "factorial")
+    if message["type"] != "factorial":
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE)
-    rest = text[1:].lstrip()
-    return '{"type":"factorial"' + ("" if rest.startswith("}") else ",") + rest
+    return message
 
 
 class _ApiHandler(tornado.web.RequestHandler):
@@ -77,12 +68,12 @@ class FactorialApiHandler(_ApiHandler):
             self.reply(413, protocol.error(ProtocolError(ErrorCode.BAD_JSON)))
             return
         try:
-            request = protocol.parse_request(factorial_frame(self.request.body), self.context.settings.max_number)
+            request = protocol.parse_message(factorial_message(self.request.body), self.context.settings.max_number)
         except ProtocolError as err:
             self.reply_error(err)
             return
         try:
-            state: JobState = await self.context.tasks.submit(request.number)
+            state: JobState = await self.context.jobs.submit(request.number)
         except ProtocolError as err:
             self.reply_error(err, request.ref)
             return
@@ -94,21 +85,18 @@ class FactorialApiHandler(_ApiHandler):
 class TaskApiHandler(_ApiHandler):
     async def get(self, task_id: str) -> None:
         try:
-            request = protocol.parse_request(
-                json.dumps({"type": "result", "task_id": task_id}), self.context.settings.max_number
-            )
-            state: JobState = await self.context.tasks.lookup(request.task_id)
+            request = protocol.parse_message({"type": "result", "task_id": task_id}, self.context.settings.max_number)
+            state: JobState = await self.context.jobs.lookup(request.task_id)
         except ProtocolError as err:
             self.reply_error(err)
             return
-        if state.status == FINISHED:
-            self.reply(200, state.payload)
-        elif state.status == FAILED:
-            # The job is known and its answer is this error: the lookup itself worked.
-            self.reply(200, protocol.error(state.error))
-        elif state.status == MISSING:
-            self.reply_error(ProtocolError(
-                ErrorCode.UNKNOWN_TASK_ID, f"no task with id {task_id!r} (unknown, or its result expired)",
-                task_id=task_id))
-        else:
+        answer = state.final_answer()
+        if answer is None:
             self.reply(200, protocol.status(state.task_id, state.status))
+        elif state.status == MISSING:
+            self.reply_error(answer)
+        elif isinstance(answer, ProtocolError):
+            # The job is known and its answer is this error: the lookup itself worked.
+            self.reply(200, protocol.error(answer))
+        else:
+            self.reply(200, answer)

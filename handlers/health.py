@@ -44,7 +44,7 @@ class HealthHandler(tornado.web.RequestHandler):
         self.context = context
 
     async def get(self) -> None:
-        health = await self.context.run_blocking(read_health, self.context.tasks.store)
+        health = await self.context.jobs.run(read_health, self.context.jobs.store)
         healthy = health["redis"] and all(q["workers"] >= 1 for q in health["queues"].values())
         health["ok"] = bool(healthy)
         self.set_status(200 if healthy else 503)
@@ -61,7 +61,7 @@ class MetricsHandler(tornado.web.RequestHandler):
 
     async def get(self) -> None:
         try:
-            lengths = await self.context.run_blocking(read_queue_lengths, self.context.tasks.store)
+            lengths = await self.context.jobs.run(read_queue_lengths, self.context.jobs.store)
         except RedisError as exc:
             log.warning("Metrics without queue lengths: Redis unreachable (%s)", exc)
             lengths = {}

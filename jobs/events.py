@@ -10,11 +10,9 @@ from __future__ import annotations
 from rq.timeouts import JobTimeoutException
 
 from jobs import keys
+from jobs.states import FAILED, FINISHED, STARTED  # noqa: F401 - the event names
 from protocol import ErrorCode, FIXED_TEXTS
 
-STARTED = "started"
-FINISHED = "finished"
-FAILED = "failed"
 
 
 BATCH_JOB = "jobs.factorial.factorial_batch"

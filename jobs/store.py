@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
 
 from redis import Redis
 from rq import Callback, Queue
@@ -17,6 +16,7 @@ from rq.job import Job
 from rq.utils import utcparse
 
 from jobs import events, keys
+from jobs.states import FAILED, FINISHED, MISSING, QUEUED, STARTED, Event, JobState
 from jobs.routing import QUEUES, SOFT, queue_for, timeout_for
 from protocol import ErrorCode, ProtocolError
 from settings import Settings
@@ -30,12 +30,6 @@ ON_FAILURE = Callback("jobs.events.on_failure")
 # stale entry is harmless, since the job's own state is checked before reuse.
 INDEX_SLACK_S = 24 * 3600
 
-QUEUED = "queued"
-STARTED = "started"
-FINISHED = "finished"
-FAILED = "failed"
-MISSING = "missing"
-
 # A job still "started" this long after its time limit has lost its worker:
 # jobs.worker.LaneWorker ends an overrunning job HORSE_GRACE_S (0.5 s) after it.
 OVERDUE_SLACK_S = 1.0
@@ -45,29 +39,6 @@ _JOB_FIELDS = ("status", "origin", "started_at", "timeout")
 
 # RQ states that mean "not running yet" to a client.
 _WAITING_STATES = {"queued", "deferred", "scheduled", "created"}
-
-
-@dataclass(frozen=True)
-class JobState:
-    """What a client may learn of a job at one moment."""
-
-    task_id: str
-    status: str  # queued, started, finished, failed or missing
-    queue: str = ""
-    payload: bytes | None = None  # the success message, when finished
-    error: ProtocolError | None = None  # when failed
-
-    @property
-    def ended(self) -> bool:
-        return self.status in (FINISHED, FAILED, MISSING)
-
-
-@dataclass(frozen=True)
-class Event:
-    task_id: str
-    state: str  # started, finished or failed
-    code: str = ""
-    text: str = ""
 
 
 def new_task_id() -> str:

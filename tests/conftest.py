@@ -124,7 +124,7 @@ def app(settings, io_loop):
     application.context.delivery.start()
     yield application
     application.context.delivery.stop()
-    application.context.tasks.close()
+    application.context.jobs.close()
 
 
 @pytest.fixture

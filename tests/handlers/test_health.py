@@ -36,7 +36,7 @@ async def test_healthz_is_503_without_workers(http_client, base_url, redis_url):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_healthz_is_503_when_redis_is_unreachable(http_client, base_url, app):
-    app.context.tasks.store.redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    app.context.jobs.store.redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
     response = await http_client.fetch(base_url + "/healthz", raise_error=False)
     health = json.loads(response.body)
     assert response.code == 503 and health["redis"] is False and health["ok"] is False

@@ -13,14 +13,36 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Awaitable, Callable, Container, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from jobs import events as job_events
-from jobs.store import Event, JobState, JobStore
+from jobs.states import FINISHED, Event, JobState
+from jobs.store import JobStore
 from protocol import ErrorCode, ProtocolError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Only these mean "Redis cannot be reached"; any other exception is a bug or a
+# misconfiguration, and is logged with its traceback instead of passing for an outage.
+OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError)
+
+# Background tasks, referenced until they end: the loop itself keeps only weak references.
+_background: set[asyncio.Task] = set()
+
+
+def spawn(coro, what: str) -> asyncio.Task:
+    """Run ``coro`` in the background, keep it referenced, and log it if it fails."""
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+
+    def ended(done: asyncio.Task) -> None:
+        _background.discard(done)
+        if not done.cancelled() and done.exception() is not None:
+            log.error("%s failed", what, exc_info=done.exception())
+
+    task.add_done_callback(ended)
+    return task
 
 # Resolve this many answers of one batch, then give the IOLoop a turn: 10,000
 # requests that arrive together must not hold it for a second.
@@ -34,9 +56,11 @@ def unavailable() -> ProtocolError:
     return ProtocolError(ErrorCode.UNAVAILABLE, "the job queue cannot be reached right now; please retry later")
 
 
-class TaskClient:
-    def __init__(self, store: JobStore):
+class JobClient:
+    def __init__(self, store: JobStore, on_internal_error: Callable[[str], None] = lambda where: None):
         self.store = store
+        # Told of every failure that is not an outage (metrics count them).
+        self.on_internal_error = on_internal_error
         # Two threads: one batch of requests and one fetch of results may be under
         # way at once. Event reads block in Redis, so they get a thread of their own.
         self._executor = ThreadPoolExecutor(2, thread_name_prefix="redis")
@@ -68,7 +92,7 @@ class TaskClient:
     def _schedule_flush(self) -> None:
         if not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
+            asyncio.get_running_loop().call_soon(spawn, self._flush(), "Submitting requests")
 
     async def _flush(self) -> None:
         try:
@@ -76,16 +100,19 @@ class TaskClient:
                 submits, self._submits = self._submits, []
                 lookups, self._lookups = self._lookups, []
                 try:
-                    answers, states = await self._run(
+                    answers, states = await self.run(
                         self._submit_and_lookup, [n for n, _ in submits], [t for t, _ in lookups]
                     )
-                except Exception as exc:
-                    if isinstance(exc, RedisError):
-                        log.warning("Redis unreachable: %s", exc)
-                    else:
-                        log.exception("Submitting %d and looking up %d failed", len(submits), len(lookups))
+                except OUTAGE_ERRORS as exc:
+                    log.warning("Redis unreachable: %s", exc)
                     for _, future in submits + lookups:
                         _fail(future, unavailable())
+                    continue
+                except Exception:  # noqa: BLE001 - a bug must not cost the requests their answers
+                    log.exception("Submitting %d and looking up %d failed", len(submits), len(lookups))
+                    self.on_internal_error("submit")
+                    for _, future in submits + lookups:
+                        _fail(future, ProtocolError(ErrorCode.JOB_FAILED, "internal error; please retry"))
                     continue
                 resolved = [(f, answers[n]) for n, f in submits] + [(f, states[t]) for t, f in lookups]
                 count = size = 0
@@ -108,13 +135,13 @@ class TaskClient:
     # --- direct calls ---------------------------------------------------------
 
     def states(self, task_ids: list[str]) -> Awaitable[dict[str, JobState]]:
-        return self._run(self.store.states, task_ids)
+        return self.run(self.store.states, task_ids)
 
     def payloads(self, task_ids: list[str]) -> Awaitable[dict[str, bytes]]:
-        return self._run(self.store.payloads, task_ids)
+        return self.run(self.store.payloads, task_ids)
 
     def events_cursor(self) -> Awaitable[str]:
-        return self._run(self.store.events_cursor)
+        return self.run(self.store.events_cursor)
 
     def read_events(
         self, cursor: str, block_ms: int, waiting: Container[str] = ()
@@ -132,10 +159,11 @@ class TaskClient:
         cursor, found = self.store.read_events(cursor, block_ms)
         # ``waiting`` is read while the IOLoop may change it: a job missed here
         # is fetched by the caller, so a stale view costs a round trip, not a result.
-        finished = [e.task_id for e in found if e.state == job_events.FINISHED and e.task_id in waiting]
+        finished = [e.task_id for e in found if e.state == FINISHED and e.task_id in waiting]
         return cursor, found, self.store.payloads(finished)
 
-    def _run(self, fn: Callable[..., T], *args) -> Awaitable[T]:
+    def run(self, fn: Callable[..., T], *args) -> Awaitable[T]:
+        """Run a blocking call (Redis) on this client's threads, never on the IOLoop."""
         return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
 

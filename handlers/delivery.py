@@ -18,11 +18,10 @@ from typing import Hashable, Iterable, Protocol
 from tornado.ioloop import PeriodicCallback
 
 import protocol
-from jobs import events as job_events
-from jobs.store import FAILED, FINISHED, MISSING, STARTED, Event, JobState
-from protocol import ErrorCode, ProtocolError
+from jobs.client import OUTAGE_ERRORS, JobClient, spawn
+from jobs.states import FINISHED, STARTED, Event, JobState
+from protocol import ProtocolError
 from settings import Settings
-from tasks import TaskClient
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +41,10 @@ class Subscriber(Hashable, Protocol):
 
 
 class ResultDelivery:
-    def __init__(self, tasks: TaskClient, settings: Settings):
-        self.tasks = tasks
+    def __init__(self, jobs: JobClient, settings: Settings):
+        self.jobs = jobs
         self.settings = settings
+        self.outage = False
         self._waiting: dict[str, dict[Subscriber, list]] = {}
         self._by_subscriber: dict[Subscriber, set[str]] = {}
         self._started: set[str] = set()  # jobs whose start was already pushed
@@ -65,7 +65,7 @@ class ResultDelivery:
         recent = self._recent.get(task_id)
         if recent is not None:
             # Its event was read before this watch began: act on it now.
-            asyncio.ensure_future(self._settle([recent[0]]))
+            spawn(self._settle([recent[0]]), "Delivering an end read before its watch")
 
     def forget(self, subscriber: Subscriber) -> None:
         """Drop every wait of a closed connection."""
@@ -102,8 +102,8 @@ class ResultDelivery:
             return
         try:
             if self._cursor is None:
-                self._cursor = await self.tasks.events_cursor()
-            self._cursor, found, payloads = await self.tasks.read_events(
+                self._cursor = await self.jobs.events_cursor()
+            self._cursor, found, payloads = await self.jobs.read_events(
                 self._cursor, self.settings.delivery_wait_ms, self._waiting
             )
             self._remember(found)
@@ -111,8 +111,12 @@ class ResultDelivery:
             if self._waiting and time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self.settings.sweep_interval_s
                 await self._sweep()
-        except Exception as exc:  # noqa: BLE001 - the loop must outlive any failure
+        except OUTAGE_ERRORS as exc:
             log.warning("Delivery could not reach Redis (%s); retrying in %.1f s", exc, RETRY_AFTER_S)
+            self._retry_at = time.monotonic() + RETRY_AFTER_S
+        except Exception:  # noqa: BLE001 - a bug must not stop every delivery for good
+            log.exception("Delivery tick failed; retrying in %.1f s", RETRY_AFTER_S)
+            self.jobs.on_internal_error("delivery")
             self._retry_at = time.monotonic() + RETRY_AFTER_S
 
     def _remember(self, found: list[Event]) -> None:
@@ -128,41 +132,25 @@ class ResultDelivery:
 
     async def _settle(self, found: Iterable[Event], fetched: dict[str, bytes] | None = None) -> None:
         """Act on job events: push a start, or deliver an end (``fetched``: payloads already read)."""
-        finished = []
+        fetched = dict(fetched or {})
+        found = list(found)
+        unfetched = [e.task_id for e in found if e.state == FINISHED and e.task_id not in fetched]
+        if unfetched:
+            fetched.update(await self.jobs.payloads(unfetched))
         for event in found:
-            if event.state == job_events.FINISHED:
-                finished.append(event.task_id)
-            elif event.state == job_events.FAILED:
-                code = ErrorCode(event.code) if event.code in ErrorCode._value2member_map_ else ErrorCode.JOB_FAILED
-                await self._finish(event.task_id, error=ProtocolError(code, event.text, task_id=event.task_id))
-            elif event.state == job_events.STARTED:
-                self._push_started(event.task_id)
-        if finished:
-            fetched = fetched or {}
-            payloads = {t: fetched[t] for t in finished if t in fetched}
-            missing = [t for t in finished if t not in fetched]
-            if missing:
-                payloads.update(await self.tasks.payloads(missing))
-            for task_id, payload in payloads.items():
-                await self._finish(task_id, payload=payload)
+            if event.state == FINISHED and event.task_id not in fetched:
+                continue  # its result is gone already: the sweep reports it
+            await self._settle_state(event.job_state(fetched.get(event.task_id)))
 
     async def _sweep(self) -> None:
-        states = await self.tasks.states(list(self._waiting))
+        states = await self.jobs.states(list(self._waiting))
         for state in states.values():
             await self._settle_state(state)
 
     async def _settle_state(self, state: JobState) -> None:
-        if state.status == FINISHED and state.payload:
-            await self._finish(state.task_id, payload=state.payload)
-        elif state.status == FAILED:
-            await self._finish(state.task_id, error=state.error)
-        elif state.status == MISSING:
-            await self._finish(
-                state.task_id,
-                error=ProtocolError(
-                    ErrorCode.JOB_FAILED, "the job is gone from the queue (deleted or expired)", task_id=state.task_id
-                ),
-            )
+        answer = state.final_answer()
+        if answer is not None:
+            await self._finish(state.task_id, answer)
         elif state.status == STARTED:
             self._push_started(state.task_id)
 
@@ -174,7 +162,7 @@ class ResultDelivery:
             for ref in refs:
                 subscriber.send(protocol.status(task_id, STARTED, ref))
 
-    async def _finish(self, task_id: str, payload: bytes | None = None, error: ProtocolError | None = None) -> None:
+    async def _finish(self, task_id: str, answer: bytes | ProtocolError) -> None:
         waiters = self._waiting.pop(task_id, None)
         self._started.discard(task_id)
         if not waiters:
@@ -186,12 +174,12 @@ class ResultDelivery:
                 ids.discard(task_id)
                 if not ids:
                     del self._by_subscriber[subscriber]
+            failed = isinstance(answer, ProtocolError)
             for ref in refs:
-                frame = protocol.with_ref(payload, ref) if payload is not None else protocol.error(error, ref)
-                written += subscriber.send(frame)
+                written += subscriber.send(protocol.error(answer, ref) if failed else protocol.with_ref(answer, ref))
             delivered = getattr(subscriber, "delivered", None)
             if delivered is not None:  # metrics: the socket handler times its own requests
-                delivered(task_id, "success" if payload is not None else error.code.value)
+                delivered(task_id, answer.code.value if failed else "success")
             if written >= WRITE_SLICE_BYTES:
                 written = 0
                 await asyncio.sleep(0)

@@ -106,7 +106,7 @@ async def test_an_unknown_task_answers_404_unknown_task_id(http_client, base_url
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_full_queue_answers_503_busy(http_client, base_url, app, redis_url):
-    store = app.context.tasks.store
+    store = app.context.jobs.store
     store.settings = dataclasses.replace(store.settings, max_queue_length=0)
     response = await post(http_client, base_url, {"number": 5, "ref": 9})
     assert response.code == 503
@@ -115,7 +115,7 @@ async def test_a_full_queue_answers_503_busy(http_client, base_url, app, redis_u
 
 @pytest.mark.gen_test(timeout=30)
 async def test_an_unreachable_redis_answers_503_unavailable(http_client, base_url, app):
-    app.context.tasks.store.redis = _dead_redis()
+    app.context.jobs.store.redis = _dead_redis()
     response = await post(http_client, base_url, {"number": 5})
     assert response.code == 503 and json.loads(response.body)["code"] == "unavailable"
     response = await get_task(http_client, base_url, "0123456789abcdef0123456789abcdef")

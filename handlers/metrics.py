@@ -35,6 +35,10 @@ class Metrics:
         self.waiting_jobs = Gauge(
             "factorial_waiting_jobs", "Jobs that connections of this process wait for", registry=self.registry
         )
+        self.internal_errors = Counter(
+            "factorial_internal_errors", "Failures that were not Redis outages (bugs, misconfiguration), by place",
+            ["where"], registry=self.registry,
+        )
         self.queue_length = Gauge(
             "factorial_queue_length", "Jobs waiting in each queue, read at scrape time",
             ["queue"], registry=self.registry,
@@ -48,6 +52,9 @@ class Metrics:
 
     def job_accepted(self, queue: str, status: str) -> None:
         self.requests.labels(queue or "unknown", status).inc()
+
+    def internal_error(self, where: str) -> None:
+        self.internal_errors.labels(where).inc()
 
     def result_delivered(self, outcome: str, latency_s: float | None = None) -> None:
         """One final answer left; ``latency_s`` when its request's arrival is known."""

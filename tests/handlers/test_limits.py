@@ -1,6 +1,6 @@
 import pytest
 
-from limits import RequestBudget
+from handlers.limits import RequestBudget
 from protocol import ErrorCode, ProtocolError
 from settings import Settings
 

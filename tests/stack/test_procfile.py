@@ -13,7 +13,7 @@ from rq.worker import Worker
 
 from tests.helpers import Client, free_port, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _http_ok(url: str) -> bool:

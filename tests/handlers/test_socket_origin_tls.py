@@ -93,7 +93,7 @@ async def test_wss_works_with_the_configured_certificate(redis_url, worker, cert
     finally:
         server.stop()
         app.context.delivery.stop()
-        app.context.tasks.close()
+        app.context.jobs.close()
 
 
 # --- the dashboard and Redis stay private ------------------------------------------
