@@ -12,6 +12,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketP
 
 import protocol
 from handlers.context import ServiceContext
+from handlers.identity import client_of
 from handlers.limits import RequestBudget
 from jobs.states import MISSING, JobState
 from protocol import ErrorCode, FactorialRequest, ProtocolError, Request, ResultRequest
@@ -53,6 +54,8 @@ class FactorialSocket(WebSocketHandler):
         return StrictUtf8Protocol(self, False, chosen.params)
 
     def open(self) -> None:
+        # The name fair share counts this connection's requests under.
+        self.client = client_of(self.request.remote_ip)
         self.set_nodelay(True)
         self.context.metrics.connection_opened()
 
