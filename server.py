@@ -15,6 +15,7 @@ import ssl
 import tornado.web
 from redis import Redis
 
+from jobs import connection
 from handlers import looplag
 from handlers.api import FactorialApiHandler, TaskApiHandler
 from handlers.context import ServiceContext
@@ -40,8 +41,8 @@ GC_THRESHOLDS = (5_000, 5, 200)
 
 def connect_redis(settings: Settings) -> Redis:
     # Replies stay bytes: results are forwarded exactly as the worker stored them.
-    return Redis.from_url(
-        settings.redis_url,
+    return connection.connect(
+        settings,
         socket_connect_timeout=2,
         # Longer than the delivery loop's blocking read of the event stream.
         socket_timeout=max(5, 2 * settings.delivery_wait_ms / 1000),
@@ -103,7 +104,7 @@ async def serve(settings: Settings) -> None:
     looplag.start(settings.loop_lag_port)
     scheme = "wss" if settings.tls else "ws"
     log.info("Serving %s://%s:%d/ws (Redis at %s)", scheme, settings.server_host or "0.0.0.0",
-             settings.server_port, settings.redis_url)
+             settings.server_port, connection.describe(settings))
     await asyncio.Event().wait()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 
@@ -18,7 +18,20 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # May hold a password: kept out of repr(), logs show jobs.connection.describe().
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    # CA certificates (PEM) that sign a rediss:// server's certificate.
+    redis_ca_file: str = ""
+    # Sentinel: "host:port" list; when set, it names the primary of
+    # redis_sentinel_master, and redis_url gives only the scheme, user,
+    # password and database.
+    redis_sentinels: tuple[str, ...] = ()
+    redis_sentinel_master: str = ""
+    redis_sentinel_password: str = field(default="", repr=False)
+    # Replicas that must hold a new job before it is acknowledged (Redis WAIT),
+    # and how long to wait for them before answering "unavailable".
+    redis_min_replicas: int = 0
+    redis_replica_timeout_ms: int = 1000
     # "" listens on every interface; "localhost" keeps the service private.
     server_host: str = ""
     server_port: int = 8888
@@ -62,6 +75,12 @@ class Settings:
             )
         if self.soft_batch_size < 1:
             raise SettingsError(f"SOFT_BATCH_SIZE={self.soft_batch_size} must be at least 1")
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise SettingsError("REDIS_SENTINELS needs REDIS_SENTINEL_MASTER, the name the Sentinels give the primary")
+        for address in self.redis_sentinels:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise SettingsError(f"REDIS_SENTINELS entry {address!r} is not host:port")
         if bool(self.tls_certfile) != bool(self.tls_keyfile):
             raise SettingsError("TLS_CERTFILE and TLS_KEYFILE must be set together")
 

@@ -20,8 +20,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from redis import Redis
 from redis.exceptions import RedisError
+
+from jobs.connection import connect, describe
+from settings import Settings
 
 log = logging.getLogger("stack.redis")
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "var" / "redis"
@@ -56,26 +58,28 @@ def server_command(port: int, data_dir: Path, append_only: bool = True) -> list[
     ]
 
 
-def answers(url: str) -> bool:
+def answers(settings: Settings) -> bool:
+    """Whether the service's Redis (through Sentinel, if set) answers a PING now."""
     try:
-        return bool(Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+        return bool(connect(settings, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
     except RedisError:
         return False
 
 
 def main() -> None:
     logging.basicConfig(level="INFO", format="%(message)s")
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    if answers(url):
+    settings = Settings.from_env()
+    url = settings.redis_url
+    if answers(settings):
         # honcho stops the stack when any process exits, so stay up while the
         # existing Redis serves.
-        log.info("Redis already answers at %s; using it", url)
+        log.info("Redis already answers at %s; using it", describe(settings))
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while True:
             time.sleep(3600)
     parsed = urlparse(url)
     if parsed.hostname not in ("127.0.0.1", "localhost"):
-        raise SystemExit(f"REDIS_URL={url} names a remote Redis that does not answer; start it first")
+        raise SystemExit(f"{describe(settings)} is a remote Redis that does not answer; start it first")
     data_dir = Path(os.environ.get("REDIS_DATA_DIR") or DEFAULT_DATA_DIR)
     data_dir.mkdir(parents=True, exist_ok=True)
     command = server_command(parsed.port or 6379, data_dir)

@@ -13,6 +13,8 @@ import shutil
 import sys
 import time
 
+from jobs.connection import describe
+from settings import Settings
 from stack.redis import answers
 
 WAIT_S = 30.0
@@ -21,11 +23,11 @@ WAIT_S = 30.0
 def main() -> None:
     if len(sys.argv) < 2:
         raise SystemExit("usage: python -m stack.wait_for_redis COMMAND [ARG...]")
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    settings = Settings.from_env()
     deadline = time.monotonic() + WAIT_S
-    while not answers(url):
+    while not answers(settings):
         if time.monotonic() > deadline:
-            raise SystemExit(f"Redis at {url} did not answer within {WAIT_S:.0f} s")
+            raise SystemExit(f"Redis at {describe(settings)} did not answer within {WAIT_S:.0f} s")
         time.sleep(0.1)
     command = sys.argv[1:]
     executable = shutil.which(command[0]) or command[0]

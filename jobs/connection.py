@@ -1,0 +1,98 @@
+"""Every connection to the service's Redis, built from settings in one place.
+
+The server, the workers (through ``stack.rq_config``), rq-dashboard (through
+``stack.dashboard``) and the launchers all connect through here, so they
+agree on:
+
+- ``redis://`` and ``rediss://`` URLs, with ``REDIS_CA_FILE`` naming the CA
+  that signs a TLS server's certificate;
+- ACL users: ``redis://user:password@host:port/db``;
+- Sentinel: ``REDIS_SENTINELS`` lists the Sentinels, ``REDIS_SENTINEL_MASTER``
+  names the primary, ``REDIS_SENTINEL_PASSWORD`` is the Sentinels' own
+  password. The URL's host is then ignored; its scheme, user, password and
+  database still apply to the primary. A connection asks the Sentinels for
+  the primary each time it (re)connects, so a failover needs no restart.
+
+Passwords never reach a log: ``describe()`` is the form to print.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis import Redis
+from redis.connection import parse_url
+from redis.sentinel import Sentinel
+
+from settings import Settings
+
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def describe(settings: Settings) -> str:
+    """Where the service's Redis is, for logs and error pages: never a password."""
+    if settings.redis_sentinels:
+        return (f"primary {settings.redis_sentinel_master!r} of Sentinels {','.join(settings.redis_sentinels)}"
+                f" ({redact_url(settings.redis_url)})")
+    return redact_url(settings.redis_url)
+
+
+def sentinel_addresses(settings: Settings) -> list[tuple[str, int]]:
+    addresses = []
+    for address in settings.redis_sentinels:
+        host, _, port = address.rpartition(":")
+        addresses.append((host.strip("[]"), int(port)))
+    return addresses
+
+
+def client_options(settings: Settings) -> dict:
+    """redis-py keyword arguments for the primary: credentials, database, TLS; no address."""
+    options = {key: value for key, value in parse_url(settings.redis_url).items() if key not in ("host", "port")}
+    if urlsplit(settings.redis_url).scheme == "rediss":
+        options.pop("connection_class", None)
+        options["ssl"] = True
+        if settings.redis_ca_file:
+            options["ssl_ca_certs"] = settings.redis_ca_file
+    return options
+
+
+def sentinel_options(settings: Settings, **options) -> dict:
+    """redis-py keyword arguments for talking to the Sentinels themselves."""
+    extra = {"password": settings.redis_sentinel_password} if settings.redis_sentinel_password else {}
+    timeouts = {k: v for k, v in options.items() if k in ("socket_timeout", "socket_connect_timeout")}
+    return {**timeouts, **extra}
+
+
+def connect(settings: Settings, **options) -> Redis:
+    """A client of the primary. ``options`` are redis-py's (timeouts, ...)."""
+    if settings.redis_sentinels:
+        sentinel = Sentinel(sentinel_addresses(settings), sentinel_kwargs=sentinel_options(settings, **options))
+        merged = {**client_options(settings), **options}
+        return sentinel.master_for(settings.redis_sentinel_master, **merged)
+    extra = {"ssl_ca_certs": settings.redis_ca_file} if settings.redis_ca_file and _tls(settings) else {}
+    return Redis.from_url(settings.redis_url, **extra, **options)
+
+
+def url_with_ca(settings: Settings) -> str:
+    """``redis_url`` with the CA file as a query parameter, for tools that take only a URL."""
+    if not (settings.redis_ca_file and _tls(settings)):
+        return settings.redis_url
+    parts = urlsplit(settings.redis_url)
+    query = parse_qsl(parts.query) + [("ssl_ca_certs", settings.redis_ca_file)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _tls(settings: Settings) -> bool:
+    return urlsplit(settings.redis_url).scheme == "rediss"
