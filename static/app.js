@@ -5,7 +5,9 @@
 
 const SHOWN_DIGITS = 20;          // first and last digits shown of a long result
 const RETRY_MIN_MS = 250;         // reconnect delay, doubled up to RETRY_MAX_MS
-const RETRY_MAX_MS = 4000;
+const RETRY_MAX_MS = 8000;
+// Errors that may well not recur: the job is worth asking for again.
+const RETRYABLE = new Set(["timeout", "job_failed", "busy", "unavailable", "rate_limited", "unknown_task_id"]);
 
 const jobs = new Map();           // ref -> job; "ref" matches every answer to its request
 let nextRef = 1;
@@ -39,7 +41,8 @@ function connect() {
   ws.onclose = () => {
     if (socket !== ws) return;
     setConnection("closed", "disconnected, reconnecting…");
-    setTimeout(connect, retryMs);
+    // Jitter: after a server restart, its pages do not all come back at once.
+    setTimeout(connect, retryMs * (0.5 + Math.random() / 2));
     retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
   };
 }
@@ -59,12 +62,25 @@ function resend(job) {
 }
 
 function ask(number) {
-  const job = {ref: "job-" + nextRef++, number, state: "sending", askedAt: performance.now(),
-               endedAt: null, taskId: null, digits: null, result: null, finished: false, error: null};
-  jobs.set(job.ref, job);
+  const job = {number};
+  start(job);
   job.node = render(job);
   list.prepend(job.node);
   send({type: "factorial", number, ref: job.ref});
+}
+
+// (Re)start a job: a fresh ref, so a late answer to an earlier try is ignored.
+function start(job) {
+  if (job.ref) jobs.delete(job.ref);
+  Object.assign(job, {ref: "job-" + nextRef++, state: "sending", askedAt: performance.now(), endedAt: null,
+                      taskId: null, digits: null, result: null, finished: false, error: null, retryable: false});
+  jobs.set(job.ref, job);
+}
+
+function retry(job) {
+  start(job);
+  update(job);
+  send({type: "factorial", number: job.number, ref: job.ref});
 }
 
 function receive(message) {
@@ -84,6 +100,7 @@ function receive(message) {
       break;
     case "error":
       job.error = `${message.code}: ${message.result}`;
+      job.retryable = RETRYABLE.has(message.code);
       finish(job, "error");
       break;
   }
@@ -104,11 +121,13 @@ function render(job) {
     <div class="line"><span class="n"></span><span class="state"></span>
       <span class="elapsed"></span><span class="digits"></span></div>
     <div class="result"></div>
-    <div class="actions" hidden><button class="copy" type="button">Copy</button>
-      <button class="download" type="button">Download</button></div>`;
+    <div class="actions"><button class="copy" type="button" hidden>Copy</button>
+      <button class="download" type="button" hidden>Download</button>
+      <button class="retry" type="button" hidden>Retry</button></div>`;
   node.querySelector(".n").textContent = job.number + "!";
   node.querySelector(".copy").onclick = () => copy(job, node);
   node.querySelector(".download").onclick = () => download(job);
+  node.querySelector(".retry").onclick = () => retry(job);
   update(job, node);
   return node;
 }
@@ -118,13 +137,13 @@ function update(job, node = job.node) {
   node.dataset.state = shownState;
   node.querySelector(".state").textContent = shownState;
   node.querySelector(".elapsed").textContent = elapsed(job);
-  if (job.result !== null) {
-    node.querySelector(".digits").textContent = `${job.digits} digits`;
-    node.querySelector(".result").textContent = abbreviate(job.result);
-    node.querySelector(".actions").hidden = false;
-  } else if (job.error) {
-    node.querySelector(".result").textContent = job.error;
-  }
+  const succeeded = job.state === "done" && job.result !== null;
+  node.querySelector(".digits").textContent = succeeded ? `${job.digits} digits` : "";
+  node.querySelector(".result").textContent = succeeded ? abbreviate(job.result) : (job.error ?? "");
+  node.querySelector(".copy").hidden = !succeeded;
+  node.querySelector(".download").hidden = !succeeded;
+  node.querySelector(".retry").hidden = !(job.state === "error" && job.retryable);
+  node.querySelector(".copy").textContent = "Copy";
 }
 
 function elapsed(job) {

@@ -2,10 +2,13 @@
 
 import asyncio
 import json
+import os
 import sys
+import time
 
 import pytest
 
+from client.cli import DEFAULT_TIMEOUT_S
 from jobs.factorial import factorial_digits
 from tests.conftest import ROOT
 from tests.helpers import free_port
@@ -61,14 +64,52 @@ async def test_an_error_answer_is_reported_with_a_non_zero_exit(ws_url, worker):
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_an_unreachable_server_is_a_clear_message_and_exit_2():
+async def test_an_unreachable_server_is_a_clear_message_and_exit_3():
     url = f"ws://127.0.0.1:{free_port()}/ws"
     code, stdout, stderr = await run_client("5", "--url", url)
-    assert code == 2 and stdout == ""
+    assert code == 3 and stdout == ""
     assert f"cannot connect to {url}" in stderr and "is the server running?" in stderr
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_several_numbers_need_a_file_name_pattern(tmp_path):
+async def test_several_numbers_need_a_file_name_pattern_and_bad_arguments_exit_2(tmp_path):
     code, _, stderr = await run_client("5", "6", "--out", str(tmp_path / "f.txt"))
     assert code == 2 and "{n}" in stderr
+    code, _, stderr = await run_client("five")
+    assert code == 2 and "invalid int value" in stderr
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_help_names_the_timeout_default_and_every_exit_status():
+    code, stdout, _ = await run_client("--help")
+    assert code == 0
+    text = " ".join(stdout.split())
+    assert f"(default {DEFAULT_TIMEOUT_S:g}; 0 waits for ever)" in text
+    assert ("exit status: 0 every result came, 1 the server answered an error, 2 bad arguments, "
+            "3 the server could not be reached, 4 an answer did not come within --timeout") in text
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_answer_that_does_not_come_within_the_timeout_exits_4(ws_url, redis_url):
+    # No worker: the job stays queued, and its answer never comes.
+    started = time.monotonic()
+    code, stdout, stderr = await run_client("9", "--timeout", "1", "--json", "--url", ws_url)
+    assert code == 4 and time.monotonic() - started < 15
+    line = json.loads(stdout)
+    assert line["number"] == 9 and line["error"] == "no_answer" and len(line["task_id"]) == 32
+    assert f"9!: no answer within 1 s (task {line['task_id']})" in stderr
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_closed_output_pipe_ends_it_quietly(ws_url, worker):
+    # The shell's `python -m client 2000 | head -c 1`: the reader leaves after one byte.
+    read_fd, write_fd = os.pipe()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "client", "2000", "--url", ws_url, cwd=ROOT,
+        stdout=write_fd, stderr=asyncio.subprocess.PIPE)
+    os.close(write_fd)
+    os.close(read_fd)  # before a single digit is written: every write fails with EPIPE
+    _, stderr = await asyncio.wait_for(process.communicate(), 50)
+    assert process.returncode == 141, stderr
+    assert "Traceback" not in stderr.decode() and "BrokenPipeError" not in stderr.decode()
+

@@ -1,5 +1,6 @@
 """The page at ``/`` in a real headless Chromium, against the served app and a real worker."""
 
+import json
 import os
 import re
 import shutil
@@ -94,30 +95,97 @@ def test_submitting_100000_shows_456574_digits_and_downloads_them(page, served_a
         shutil.copy(shot, ROOT / "docs" / "screenshot.png")
 
 
-def test_the_page_reconnects_after_a_restart_and_asks_for_pending_results(page, redis_url):
-    sent = []
-    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
+def test_the_page_reconnects_after_a_restart_and_asks_again_for_every_pending_result(page, redis_url):
+    sent, received = [], []
+
+    def watch(ws):
+        ws.on("framesent", lambda payload: sent.append(json.loads(payload)))
+        ws.on("framereceived", lambda payload: received.append(json.loads(payload)))
+
+    page.on("websocket", watch)
+    numbers = [7, 3000, 9]
     server = ServedApp(redis_url).start()
     worker = None
     try:
         page.goto(server.http_url + "/")
         page.wait_for_selector('#connection[data-state="open"]')
-        submit(page, 7)  # no worker yet: the job stays queued
-        job(page, 7).and_(page.locator('[data-state="queued"]')).wait_for(timeout=10000)
+        for number in numbers:  # no worker yet: the jobs stay queued
+            submit(page, number)
+        for number in numbers:
+            job(page, number).and_(page.locator('[data-state="queued"]')).wait_for(timeout=10000)
+        task_ids = {m["task_id"] for m in received if m["type"] == "result"}
+        assert len(task_ids) == len(numbers)
 
         server.stop()
         page.wait_for_selector('#connection[data-state="closed"]')
+        asked_before = len(sent)
         server = ServedApp(redis_url, port=server.port).start()
         worker = WorkerProcess(redis_url).start()
 
-        entry = job(page, 7)
-        entry.and_(page.locator('[data-state="done"]')).wait_for(timeout=20000)
-        assert entry.locator(".result").inner_text() == "5040"
-        assert any('"type":"result"' in frame and '"task_id"' in frame for frame in sent), sent
+        for number in numbers:
+            job(page, number).and_(page.locator('[data-state="done"]')).wait_for(timeout=30000)
+        assert job(page, 7).locator(".result").inner_text() == "5040"
+        assert job(page, 3000).locator(".digits").inner_text() == "9131 digits"
+        # Every pending job was looked up by its id, none asked for again by number.
+        again = sent[asked_before:]
+        assert {m["task_id"] for m in again if m["type"] == "result"} == task_ids
+        assert not [m for m in again if m["type"] == "factorial"]
+        # One entry and one final answer shown per job.
+        assert page.locator(".job").count() == len(numbers)
+        assert all(job(page, n).locator(".result").count() == 1 for n in numbers)
     finally:
         server.stop()
         if worker:
             worker.stop()
+
+
+def test_copy_and_download_only_on_success_and_retry_where_it_helps(page, redis_url):
+    # A soft queue of one job: the first request fills it, the second is told busy.
+    server = ServedApp(redis_url, max_queue_length=1).start()
+    worker = None
+    try:
+        page.goto(server.http_url + "/")
+        page.wait_for_selector('#connection[data-state="open"]')
+        submit(page, 5)
+        queued = job(page, 5)
+        queued.and_(page.locator('[data-state="queued"]')).wait_for(timeout=10000)
+        assert not queued.locator(".copy").is_visible() and not queued.locator(".download").is_visible()
+        assert not queued.locator(".retry").is_visible()
+
+        submit(page, 6)
+        busy = job(page, 6)
+        busy.and_(page.locator('[data-state="error"]')).wait_for(timeout=10000)
+        assert busy.locator(".result").inner_text().startswith("busy: ")
+        assert not busy.locator(".copy").is_visible() and not busy.locator(".download").is_visible()
+        assert busy.locator(".retry").is_visible()
+
+        submit(page, 2000000)  # retrying cannot help: no Retry
+        too_large = job(page, 2000000)
+        too_large.and_(page.locator('[data-state="error"]')).wait_for(timeout=10000)
+        assert not too_large.locator(".retry").is_visible() and not too_large.locator(".download").is_visible()
+
+        worker = WorkerProcess(redis_url).start()
+        queued.and_(page.locator('[data-state="done"]')).wait_for(timeout=20000)
+        assert queued.locator(".copy").is_visible() and queued.locator(".download").is_visible()
+        assert not queued.locator(".retry").is_visible()
+
+        busy.locator(".retry").click()
+        busy.and_(page.locator('[data-state="done"]')).wait_for(timeout=20000)
+        assert busy.locator(".result").inner_text() == "720"
+        assert busy.locator(".download").is_visible() and not busy.locator(".retry").is_visible()
+        assert page.locator(".job").count() == 3
+    finally:
+        server.stop()
+        if worker:
+            worker.stop()
+
+
+def test_the_page_has_an_icon(page, served_app):
+    page.goto(served_app.http_url + "/")
+    icon = page.request.get(served_app.http_url + page.get_attribute('link[rel="icon"]', "href"))
+    assert icon.status == 200 and icon.headers["content-type"] in ("image/x-icon", "image/vnd.microsoft.icon")
+    assert icon.body()[:4] == b"\x00\x00\x01\x00"  # an ICO file's header
+    assert page.request.get(served_app.http_url + "/favicon.ico").body() == icon.body()
 
 
 def readme_console_snippet() -> tuple[str, str]:
