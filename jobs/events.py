@@ -18,10 +18,22 @@ from protocol import ErrorCode, FIXED_TEXTS
 BATCH_JOB = "jobs.factorial.factorial_batch"
 
 
+def batch_members(connection, job_id: str) -> tuple[list[int], list[str]]:
+    """The numbers of a batch job and their task ids, as the submit script listed them."""
+    numbers, task_ids = [], []
+    for entry in connection.lrange(keys.batch_members(job_id), 0, -1):
+        number, task_id = entry.decode().split(":", 1)
+        numbers.append(int(number))
+        task_ids.append(task_id)
+    return numbers, task_ids
+
+
 def task_ids_of(job) -> list[str]:
     """The tasks a job computes: its own id, or its members' for a batch job."""
     if job.func_name == BATCH_JOB:
-        return list(job.args[1])
+        if job.args:  # a batch enqueued with its members as arguments
+            return list(job.args[1])
+        return batch_members(job.connection, job.id)[1]
     return [job.id]
 
 

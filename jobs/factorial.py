@@ -6,7 +6,7 @@ import gmpy2
 from rq import get_current_job
 
 import protocol
-from jobs import keys
+from jobs import events, keys
 
 
 def factorial_digits(number: int) -> str:
@@ -32,13 +32,18 @@ def factorial(number: int) -> int:
     return len(digits)
 
 
-def factorial_batch(numbers: list[int], task_ids: list[str]) -> int:
+def factorial_batch(numbers: list[int] | None = None, task_ids: list[str] | None = None) -> int:
     """Compute several small factorials in one job, each stored under its own task id.
 
     Soft requests that arrive together share a job: RQ's own bookkeeping costs
-    about a millisecond per job, a hundred times the work of 1000!.
+    about a millisecond per job, a hundred times the work of 1000!. The
+    members are read when the job runs (jobs.keys.batch_members), so members
+    cancelled meanwhile are left out; a batch given its members as arguments
+    still runs.
     """
     job = get_current_job()
+    if numbers is None:
+        numbers, task_ids = events.batch_members(job.connection, job.id)
     ttl = job.result_ttl if job.result_ttl and job.result_ttl > 0 else None
     pipe = job.connection.pipeline(transaction=False)
     for number, task_id in zip(numbers, task_ids):

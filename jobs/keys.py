@@ -21,3 +21,13 @@ def task_job(task_id: str) -> str:
     """The id of the batch job that computes a task, for tasks that share one."""
     return f"factorial:task-job:{task_id}"
 
+
+
+def batch_members(job_id: str) -> str:
+    """The members of a batch job, one ``number:task_id`` entry each, read by the job when it runs.
+
+    The list, not the job's arguments, holds them, so that the submit script
+    can leave out numbers another server already computes, and a cancel can
+    take one member out of a batch that has not started.
+    """
+    return f"factorial:batch:{job_id}"

@@ -7,15 +7,18 @@ number of jobs it handles (pipelines and ``enqueue_many``).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from dataclasses import dataclass
 
 from redis import Redis
 from rq import Callback, Queue
-from rq.job import Job
+from rq.job import Job, JobStatus
+from rq.utils import now as rq_now
 from rq.utils import utcparse
 
-from jobs import events, keys
+from jobs import events, keys, scripts
 from jobs.states import FAILED, FINISHED, MISSING, QUEUED, STARTED, Event, JobState
 from jobs.routing import QUEUES, SOFT, queue_for, timeout_for
 from protocol import ErrorCode, ProtocolError
@@ -51,83 +54,108 @@ class JobStore:
         self.redis = redis
         self.settings = settings
         self.queues = {name: Queue(name, connection=redis) for name in QUEUES}
+        self._submit_script = scripts.load(redis, "submit")
 
     # --- submitting -------------------------------------------------------
 
     def submit(self, numbers: list[int]) -> dict[int, JobState | ProtocolError]:
-        """Give every number a job: the one already computing or computed, or a new one."""
+        """Give every number a job: the one already computing or computed, or a new one.
+
+        One round trip, a Lua script (jobs/lua/submit.lua), whatever the number
+        of requests: it reads each number's index entry and claims it for a new
+        job in one atomic step, so however many servers get a number at once,
+        it gets one job. A second round trip only for a job found running past
+        its time limit (its worker died): the script then replaces it, if no
+        one else has meanwhile.
+        """
         wanted = list(dict.fromkeys(numbers))
         if not wanted:
             return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for number in wanted:
-            pipe.get(keys.by_number(number))
-        for queue in self.queues.values():
-            pipe.llen(queue.key)
-        replies = pipe.execute()
-        known_ids = replies[: len(wanted)]
-        queue_lengths = dict(zip(self.queues, replies[len(wanted) :]))
+        answers = self._claim([(number, "") for number in wanted])
+        overdue = [(n, state.task_id) for n, state in answers.items()
+                   if isinstance(state, _Running) and _overdue(state.started_at, state.timeout)]
+        if overdue:
+            answers.update(self._claim(overdue))
+        return {n: (state.job_state() if isinstance(state, _Running) else state) for n, state in answers.items()}
 
-        ids = [raw.decode() for raw in known_ids if raw]
-        states = self.states(ids)
-        answers: dict[int, JobState | ProtocolError] = {}
-        to_enqueue: dict[str, list[int]] = {name: [] for name in self.queues}
-        for number, raw in zip(wanted, known_ids):
-            state = states.get(raw.decode()) if raw else None
-            if state is not None and state.status in (QUEUED, STARTED, FINISHED):
-                answers[number] = state
-            else:
-                to_enqueue[queue_for(number, self.settings)].append(number)
-
-        pipe = self.redis.pipeline(transaction=False)
-        for name, numbers_for_queue in to_enqueue.items():
-            jobs = _chunks(numbers_for_queue, self.settings.soft_batch_size if name == SOFT else 1)
-            room = max(self.settings.max_queue_length - queue_lengths[name], 0)
-            for refused in jobs[room:]:
-                for number in refused:
-                    answers[number] = ProtocolError(
-                        ErrorCode.BUSY,
-                        f"the {name} queue is full ({self.settings.max_queue_length} jobs); please retry later",
-                    )
-            if jobs[:room]:
-                answers.update(self._enqueue(name, jobs[:room], pipe))
-        pipe.execute()
-        return answers
-
-    def _enqueue(self, queue_name: str, jobs: list[list[int]], pipe) -> dict[int, JobState]:
-        """Add one RQ job per list of numbers; every number gets a task id of its own."""
-        timeout = timeout_for(queue_name, self.settings)
-        index_ttl = self.settings.result_ttl_s + timeout + INDEX_SLACK_S
-        datas = []
-        answers = {}
-        for numbers in jobs:
-            task_ids = [new_task_id() for _ in numbers]
-            if len(numbers) == 1:
-                job_id, function, args = task_ids[0], FACTORIAL_JOB, (numbers[0],)
-                description = f"factorial({numbers[0]})"
-            else:
-                job_id, function, args = new_task_id(), BATCH_JOB, (numbers, task_ids)
-                description = f"factorial of {len(numbers)} numbers ({numbers[0]}, ..., {numbers[-1]})"
-                for task_id in task_ids:
-                    pipe.set(keys.task_job(task_id), job_id, ex=index_ttl)
-            datas.append(
-                Queue.prepare_data(
-                    function,
-                    args=args,
-                    timeout=timeout,
-                    result_ttl=self.settings.result_ttl_s,
-                    failure_ttl=self.settings.failure_ttl_s,
-                    job_id=job_id,
-                    description=description,
-                    on_success=ON_SUCCESS,
-                    on_failure=ON_FAILURE,
+    def _claim(self, numbers: list[tuple[int, str]]) -> dict[int, "JobState | ProtocolError | _Running"]:
+        """Run the submit script for (number, stale task id or "") pairs."""
+        by_queue: dict[str, list[tuple[int, str]]] = {name: [] for name in self.queues}
+        for number, stale in numbers:
+            by_queue[queue_for(number, self.settings)].append((number, stale))
+        jobs, fields = [], []
+        for name, members in by_queue.items():
+            for chunk in _chunks(members, self.settings.soft_batch_size if name == SOFT else 1):
+                jobs.append(self._new_job(name, chunk, fields))
+        spec = {
+            "prefix": {"payload": keys.payload(""), "task_job": keys.task_job(""), "by_number": keys.by_number(""),
+                       "batch": keys.batch_members(""), "job": Job.redis_job_namespace_prefix},
+            "queues_key": Queue.redis_queues_keys,
+            "max_waiting": self.settings.max_queue_length,
+            "jobs": jobs,
+        }
+        flat = self._submit_script(args=[json.dumps(spec), *fields], client=self.redis)
+        members = [int(m[0]) for job in jobs for m in job["members"]]
+        answers: dict[int, JobState | ProtocolError | _Running] = {}
+        for i, number in enumerate(members):
+            reply = flat[6 * i : 6 * i + 6]
+            task_id, status, queue = (value.decode() for value in reply[:3])
+            payload, started_at, timeout = reply[3:]
+            if status == "busy":
+                answers[number] = ProtocolError(
+                    ErrorCode.BUSY,
+                    f"the {queue} queue is full ({self.settings.max_queue_length} jobs); please retry later",
                 )
-            )
-            for number, task_id in zip(numbers, task_ids):
-                pipe.set(keys.by_number(number), task_id, ex=index_ttl)
-                answers[number] = JobState(task_id, QUEUED, queue_name)
-        self.queues[queue_name].enqueue_many(datas, pipeline=pipe)
+            elif status == STARTED:
+                answers[number] = _Running(task_id, queue, started_at, timeout)
+            else:
+                answers[number] = JobState(task_id, status, queue, payload or None)
         return answers
+
+    def _new_job(self, queue_name: str, members: list[tuple[int, str]], fields: list) -> dict:
+        """The submit script's description of a job for ``members``, its RQ hash appended to ``fields``.
+
+        The script may leave some numbers out (another job has them); the job
+        is only made if at least one is left.
+        """
+        timeout = timeout_for(queue_name, self.settings)
+        task_ids = [new_task_id() for _ in members]
+        batch = len(members) > 1
+        if batch:
+            job_id, function, args = new_task_id(), BATCH_JOB, ()
+            description = f"factorial of a batch of up to {len(members)} numbers"
+        else:
+            job_id, function, args = task_ids[0], FACTORIAL_JOB, (members[0][0],)
+            description = f"factorial({members[0][0]})"
+        queue = self.queues[queue_name]
+        job = queue.create_job(
+            function,
+            args=args,
+            timeout=timeout,
+            result_ttl=self.settings.result_ttl_s,
+            failure_ttl=self.settings.failure_ttl_s,
+            job_id=job_id,
+            description=description,
+            status=JobStatus.QUEUED,
+            on_success=ON_SUCCESS,
+            on_failure=ON_FAILURE,
+        )
+        job.origin = queue_name
+        job.enqueued_at = rq_now()
+        mapping = job.to_dict()
+        mapping["status"] = JobStatus.QUEUED.value
+        first = len(fields) + 2  # ARGV is 1-based, and ARGV[1] is the spec
+        for field, value in mapping.items():
+            fields += [field, value]
+        return {
+            "queue": queue_name,
+            "queue_key": queue.key,
+            "job_id": job_id,
+            "batch": batch,
+            "ttl": self.settings.result_ttl_s + timeout + INDEX_SLACK_S,
+            "fields": [first, 2 * len(mapping)],
+            "members": [[str(n), task_id, stale] for (n, stale), task_id in zip(members, task_ids)],
+        }
 
     # --- looking up -------------------------------------------------------
 
@@ -231,6 +259,19 @@ def _overdue(started_at: bytes | None, timeout: bytes | None) -> bool:
     if limit <= 0:
         return False
     return time.time() - started.timestamp() > limit + OVERDUE_SLACK_S
+
+
+@dataclass(frozen=True)
+class _Running:
+    """A shared job the submit script found running: checked for overrun before it is reused."""
+
+    task_id: str
+    queue: str
+    started_at: bytes
+    timeout: bytes
+
+    def job_state(self) -> JobState:
+        return JobState(self.task_id, STARTED, self.queue)
 
 
 def _chunks(items: list, size: int) -> list[list]:

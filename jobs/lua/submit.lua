@@ -1,0 +1,95 @@
+-- Give every requested number a job, atomically: the job already computing or
+-- computed it, or a new one. Redis runs a script alone, so two servers that
+-- get the same number at the same instant cannot both make a job for it.
+--
+-- ARGV[1]: JSON, {"prefix": {...key prefixes...}, "queues_key": ..., "max_waiting": N,
+--          "jobs": [{"queue": name, "queue_key": ..., "job_id": ..., "batch": bool,
+--                    "ttl": s, "fields": [first ARGV index, count],
+--                    "members": [["number", task_id, stale task_id or ""], ...]}, ...]}
+-- ARGV[2..]: the new jobs' RQ hash fields and values (field, value, field, value, ...),
+--            built by RQ in Python (binary: they cannot travel in the JSON).
+-- Returns, per member in order: task_id, status, queue, payload, started_at, timeout
+--   (status: "finished", "queued", "started", or "busy" when its queue is full;
+--    "" where a field does not apply).
+--
+-- Keys are built here from their prefixes instead of being declared: the
+-- numbers' jobs are only known once their index entries are read. RQ does not
+-- run on Redis Cluster, so nothing here needs to either.
+
+local spec = cjson.decode(ARGV[1])
+local prefix = spec.prefix
+local WAITING = {queued = true, deferred = true, scheduled = true, created = true}
+
+-- The state of a task if its job is still useful to share: finished with its
+-- result stored, waiting, or running. nil for a failed, stopped or expired one.
+local function live_state(task_id)
+    local payload = redis.call('GET', prefix.payload .. task_id)
+    local job_id = redis.call('GET', prefix.task_job .. task_id) or task_id
+    local f = redis.call('HMGET', prefix.job .. job_id, 'status', 'origin', 'started_at', 'timeout')
+    local origin = f[2] or ''
+    if payload then
+        return {task_id, 'finished', origin, payload, '', ''}
+    end
+    if f[1] and WAITING[f[1]] then
+        return {task_id, 'queued', origin, '', '', ''}
+    end
+    if f[1] == 'started' then
+        return {task_id, 'started', origin, '', f[3] or '', tostring(f[4] or '')}
+    end
+    return nil
+end
+
+local waiting = {}
+local function jobs_waiting(job)
+    if waiting[job.queue] == nil then
+        waiting[job.queue] = redis.call('LLEN', job.queue_key)
+    end
+    return waiting[job.queue]
+end
+
+local answers = {}
+for _, job in ipairs(spec.jobs) do
+    local full = jobs_waiting(job) >= spec.max_waiting
+    local members = {}
+    for _, member in ipairs(job.members) do
+        local number, task_id, stale = member[1], member[2], member[3]
+        local index_key = prefix.by_number .. number
+        local current = redis.call('GET', index_key)
+        local state = nil
+        if current and current ~= stale then
+            state = live_state(current)
+        end
+        if state then
+            table.insert(answers, state)
+        elseif full then
+            table.insert(answers, {task_id, 'busy', job.queue, '', '', ''})
+        else
+            redis.call('SET', index_key, task_id, 'EX', job.ttl)
+            if job.batch then
+                redis.call('SET', prefix.task_job .. task_id, job.job_id, 'EX', job.ttl)
+            end
+            table.insert(members, number .. ':' .. task_id)
+            table.insert(answers, {task_id, 'queued', job.queue, '', '', ''})
+        end
+    end
+    if #members > 0 then
+        if job.batch then
+            local members_key = prefix.batch .. job.job_id
+            redis.call('RPUSH', members_key, unpack(members))
+            redis.call('EXPIRE', members_key, job.ttl)
+        end
+        local first, count = job.fields[1], job.fields[2]
+        redis.call('HSET', prefix.job .. job.job_id, unpack(ARGV, first, first + count - 1))
+        redis.call('SADD', spec.queues_key, job.queue_key)
+        redis.call('RPUSH', job.queue_key, job.job_id)
+        waiting[job.queue] = waiting[job.queue] + 1
+    end
+end
+
+local flat = {}
+for _, answer in ipairs(answers) do
+    for _, value in ipairs(answer) do
+        table.insert(flat, value)
+    end
+end
+return flat
