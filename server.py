@@ -10,12 +10,13 @@ import gc
 import logging
 import os
 import resource
+import signal
 import ssl
+import sys
 
 import tornado.web
 from redis import Redis
 
-from jobs import connection
 from handlers import looplag
 from handlers.api import FactorialApiHandler, TaskApiHandler
 from handlers.context import ServiceContext
@@ -23,8 +24,10 @@ from handlers.delivery import ResultDelivery
 from handlers.health import HealthHandler, MetricsHandler
 from handlers.metrics import Metrics
 from handlers.socket import FactorialSocket
+from jobs import connection
 from jobs.client import JobClient
 from jobs.store import JobStore
+import supervisor
 from settings import Settings
 
 log = logging.getLogger("server")
@@ -90,22 +93,42 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, slot: int = 0) -> None:
+    """Serve until SIGTERM or SIGINT, then drain: see handlers/drain.py."""
     raise_open_file_limit()
     app = make_app(settings)
-    app.listen(
+    server = app.listen(
         settings.server_port,
         settings.server_host,
         backlog=LISTEN_BACKLOG,
+        # Several processes of this host listen on the same port (supervisor.py).
+        reuse_port=True,
         ssl_options=ssl_context(settings),
         xheaders=True,
     )
     app.context.delivery.start()
-    looplag.start(settings.loop_lag_port)
+    looplag.start(settings.loop_lag_port + slot if settings.loop_lag_port else 0)
     scheme = "wss" if settings.tls else "ws"
     log.info("Serving %s://%s:%d/ws (Redis at %s)", scheme, settings.server_host or "0.0.0.0",
              settings.server_port, connection.describe(settings))
-    await asyncio.Event().wait()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+    log.info("Draining: no new connections; closing %d WebSockets once answered", app.context.drain.open_sockets)
+    server.stop()
+    left = await app.context.drain.close_all(settings.drain_timeout_s)
+    try:
+        # In-flight HTTP requests finish; idle keep-alive connections close.
+        await asyncio.wait_for(server.close_all_connections(), settings.drain_timeout_s)
+    except asyncio.TimeoutError:
+        left += 1
+    app.context.delivery.stop()
+    await loop.run_in_executor(None, app.context.jobs.close)
+    log.info("Drained%s", f" ({left} connections did not close in time)" if left else "")
 
 
 def tune_gc() -> None:
@@ -119,7 +142,11 @@ def main() -> None:
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tune_gc()
-    asyncio.run(serve(settings))
+    processes = settings.web_processes or os.cpu_count() or 1
+    if processes == 1:
+        asyncio.run(serve(settings))
+    else:
+        sys.exit(supervisor.run(processes, lambda slot: asyncio.run(serve(settings, slot))))
 
 
 if __name__ == "__main__":

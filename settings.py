@@ -35,6 +35,10 @@ class Settings:
     # "" listens on every interface; "localhost" keeps the service private.
     server_host: str = ""
     server_port: int = 8888
+    # Server processes sharing the port (SO_REUSEPORT); 0: one per core.
+    web_processes: int = 0
+    # On SIGTERM, how long to wait for open connections to close before exiting.
+    drain_timeout_s: float = 5.0
 
     max_number: int = 1_000_000
     # number <= soft_max_number goes to the soft queue, anything larger to hard.

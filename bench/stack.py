@@ -99,6 +99,8 @@ class Stack:
                "REDIS_URL": self.redis_url, "LOOP_LAG_PORT": str(probe_port), "LOG_LEVEL": "WARNING",
                # One connection asks back to back, faster than fair use allows.
                "MAX_REQUESTS_PER_S": "1000000",
+               # One process per server, as the benchmark starts them one by one.
+               "WEB_PROCESSES": "1",
                **(extra_env or {})}
         process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env)
         server = Server(f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{probe_port}/", process)

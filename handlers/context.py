@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from handlers.delivery import ResultDelivery
+from handlers.drain import Drain
 from handlers.metrics import Metrics
 from settings import Settings
 from jobs.client import JobClient
@@ -16,3 +17,4 @@ class ServiceContext:
     jobs: JobClient
     delivery: ResultDelivery
     metrics: Metrics
+    drain: Drain = field(default_factory=Drain)

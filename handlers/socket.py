@@ -12,6 +12,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketP
 
 import protocol
 from handlers.context import ServiceContext
+from handlers.drain import SERVICE_RESTART, SERVICE_RESTART_TEXT
 from handlers.identity import client_of
 from handlers.limits import RequestBudget
 from jobs.states import MISSING, JobState
@@ -29,6 +30,7 @@ class FactorialSocket(WebSocketHandler):
         self._budget = RequestBudget(context.settings)
         # Metrics: when this connection first asked for each job it waits for.
         self._asked_at: dict[str, float] = {}
+        self._closing_when_answered = False
 
     def check_origin(self, origin: str) -> bool:
         """Accept handshakes from the server's own pages and the configured origins.
@@ -58,12 +60,16 @@ class FactorialSocket(WebSocketHandler):
         self.client = client_of(self.request.remote_ip)
         self.set_nodelay(True)
         self.context.metrics.connection_opened()
+        self.context.drain.opened(self)
 
     def on_close(self) -> None:
+        self.context.drain.closed(self)
         self.context.delivery.forget(self)
         self.context.metrics.connection_closed()
 
     def on_message(self, frame):
+        if self._closing_when_answered and (self.ws_connection is None or self.ws_connection.is_closing()):
+            return None  # arrived after our 1012: no answer could reach the peer, so start no job
         request: Request | None = None
         try:
             try:
@@ -112,6 +118,14 @@ class FactorialSocket(WebSocketHandler):
             except Exception:  # noqa: BLE001 - a bug must not cost the connection
                 log.exception("Answering %r failed", request)
                 self.send(protocol.error(ProtocolError(ErrorCode.JOB_FAILED, "internal error", ref=request.ref)))
+        if self._closing_when_answered and not self._answers:
+            self.close(SERVICE_RESTART, SERVICE_RESTART_TEXT)
+
+    def close_when_answered(self) -> None:
+        """Close with 1012 (the server restarts) once every frame received so far is answered."""
+        self._closing_when_answered = True
+        if not self._answers:
+            self.close(SERVICE_RESTART, SERVICE_RESTART_TEXT)
 
     def _answer(self, request: Request, state: JobState, asked_at: float) -> None:
         ref = request.ref

@@ -142,6 +142,8 @@ class ServedApp:
         self.ws_url = f"ws://localhost:{self.port}/ws"
         self.env = {"REDIS_URL": redis_url, "SERVER_PORT": str(self.port), "SERVER_HOST": "localhost",
                     "DELIVERY_WAIT_MS": "20", "SWEEP_INTERVAL_S": "0.2", "LOG_LEVEL": "WARNING",
+                    # One process, so /metrics and the memory figures are the whole server's.
+                    "WEB_PROCESSES": "1",
                     **{name.upper(): str(value) for name, value in env.items()}}
         self.process: subprocess.Popen | None = None
 
