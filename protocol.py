@@ -38,6 +38,13 @@ class ErrorCode(str, Enum):
     # Not in the protocol's table: a "ref" that is neither a string of at most
     # 128 characters nor an integer. Documented in docs/protocol-notes.md.
     INVALID_REF = "invalid_ref"
+    # Not in the protocol's table either: HTTP's own errors, which the WebSocket
+    # never sees, in the same message shape (docs/protocol-notes.md).
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    TOO_LARGE = "too_large"
+    BAD_REQUEST = "bad_request"
+    INTERNAL_ERROR = "internal_error"
 
 
 # Texts kept word for word from the service this one replaces.

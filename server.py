@@ -21,6 +21,7 @@ from handlers import looplag
 from handlers.api import FactorialApiHandler, TaskApiHandler
 from handlers.context import ServiceContext
 from handlers.delivery import ResultDelivery
+from handlers.errors import NotFoundHandler, StaticFiles, log_request
 from handlers.health import HealthHandler, MetricsHandler
 from handlers.metrics import Metrics
 from handlers.socket import FactorialSocket
@@ -65,13 +66,17 @@ def make_app(settings: Settings, context: ServiceContext | None = None) -> torna
     app = tornado.web.Application(
         [
             (r"/ws", FactorialSocket, {"context": context}),
-            (r"/()", tornado.web.StaticFileHandler, {"path": STATIC_PATH, "default_filename": "index.html"}),
+            (r"/()", StaticFiles, {"path": STATIC_PATH, "default_filename": "index.html"}),
             (r"/api/factorial", FactorialApiHandler, {"context": context}),
-            (r"/api/tasks/([^/]+)", TaskApiHandler, {"context": context}),
+            # Any id, even an empty one or one with a slash, is a task id: unknown_task_id, as on /ws.
+            (r"/api/tasks/(.*)", TaskApiHandler, {"context": context}),
             (r"/healthz", HealthHandler, {"context": context}),
             (r"/metrics", MetricsHandler, {"context": context}),
         ],
-        static_path=STATIC_PATH,
+        static_path=STATIC_PATH,  # also serves /favicon.ico from static/
+        static_handler_class=StaticFiles,
+        default_handler_class=NotFoundHandler,
+        log_function=log_request,
         websocket_max_message_size=settings.max_frame_bytes,
     )
     app.context = context

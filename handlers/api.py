@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import logging
 
-import tornado.web
-
 import protocol
 from handlers.context import ServiceContext
+from handlers.errors import JsonRequestHandler
 from jobs.states import MISSING, JobState
 from protocol import ErrorCode, ProtocolError
 
@@ -47,7 +46,7 @@ def factorial_message(body: bytes) -> dict:
     return message
 
 
-class _ApiHandler(tornado.web.RequestHandler):
+class _ApiHandler(JsonRequestHandler):
     def initialize(self, context: ServiceContext) -> None:
         self.context = context
 
@@ -65,7 +64,8 @@ class FactorialApiHandler(_ApiHandler):
     async def post(self) -> None:
         if len(self.request.body) > self.context.settings.max_frame_bytes:
             # The WebSocket closes with 1009 here; HTTP has its own status.
-            self.reply(413, protocol.error(ProtocolError(ErrorCode.BAD_JSON)))
+            limit = self.context.settings.max_frame_bytes
+            self.reply(413, protocol.error(ProtocolError(ErrorCode.TOO_LARGE, f"the body is over {limit} bytes")))
             return
         try:
             request = protocol.parse_message(factorial_message(self.request.body), self.context.settings.max_number)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import logging
 
-import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from rq import Worker
 
 from handlers.context import ServiceContext
+from handlers.errors import JsonRequestHandler
 from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def read_queue_lengths(store: JobStore) -> dict[str, int]:
     return dict(zip(store.queues, pipe.execute()))
 
 
-class HealthHandler(tornado.web.RequestHandler):
+class HealthHandler(JsonRequestHandler):
     """200 when Redis answers and every queue has a worker, else 503: a load balancer's probe."""
 
     def initialize(self, context: ServiceContext) -> None:
@@ -53,7 +53,7 @@ class HealthHandler(tornado.web.RequestHandler):
         self.finish(json.dumps(health))
 
 
-class MetricsHandler(tornado.web.RequestHandler):
+class MetricsHandler(JsonRequestHandler):
     """Prometheus text format; queue lengths are left out when Redis cannot be reached."""
 
     def initialize(self, context: ServiceContext) -> None:
