@@ -48,8 +48,9 @@ def connect_redis(settings: Settings) -> Redis:
     return connection.connect(
         settings,
         socket_connect_timeout=2,
-        # Longer than the delivery loop's blocking read of the event stream.
-        socket_timeout=max(5, 2 * settings.delivery_wait_ms / 1000),
+        # Longer than the delivery loop's blocking read of the event stream,
+        # and than a submit's WAIT for replicas.
+        socket_timeout=max(5, 2 * settings.delivery_wait_ms / 1000, 1 + settings.redis_replica_timeout_ms / 1000),
         retry_on_timeout=False,
     )
 

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from redis import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Callback, Queue
 from rq.job import Job, JobStatus
 from rq.utils import now as rq_now
@@ -42,6 +43,10 @@ _JOB_FIELDS = ("status", "origin", "started_at", "timeout")
 
 # RQ states that mean "not running yet" to a client.
 _WAITING_STATES = {"queued", "deferred", "scheduled", "created"}
+
+
+class NotReplicated(RedisTimeoutError):
+    """Fewer replicas than REDIS_MIN_REPLICAS confirmed a submit's writes in time (an outage, to clients)."""
 
 
 def new_task_id() -> str:
@@ -94,7 +99,7 @@ class JobStore:
             "max_waiting": self.settings.max_queue_length,
             "jobs": jobs,
         }
-        flat = self._submit_script(args=[json.dumps(spec), *fields], client=self.redis)
+        flat = self._run_submit_script([json.dumps(spec), *fields])
         members = [int(m[0]) for job in jobs for m in job["members"]]
         answers: dict[int, JobState | ProtocolError | _Running] = {}
         for i, number in enumerate(members):
@@ -111,6 +116,26 @@ class JobStore:
             else:
                 answers[number] = JobState(task_id, status, queue, payload or None)
         return answers
+
+    def _run_submit_script(self, args: list) -> list:
+        """Run the submit script; with ``redis_min_replicas``, also WAIT for that many replicas.
+
+        WAIT counts the writes of the connection it is sent on, so it goes in
+        the same pipeline as the script. Too few replicas within the timeout
+        raises ``NotReplicated``: the client hears ``unavailable`` rather than
+        an acknowledgement the primary's loss could undo.
+        """
+        wanted = self.settings.redis_min_replicas
+        if not wanted:
+            return self._submit_script(args=args, client=self.redis)
+        pipe = self.redis.pipeline(transaction=False)
+        self._submit_script(args=args, client=pipe)
+        pipe.wait(wanted, self.settings.redis_replica_timeout_ms)
+        flat, replicas = pipe.execute()
+        if replicas < wanted:
+            raise NotReplicated(f"new jobs reached {replicas} of the {wanted} replicas required "
+                                f"within {self.settings.redis_replica_timeout_ms} ms")
+        return flat
 
     def _new_job(self, queue_name: str, members: list[tuple[int, str]], fields: list) -> dict:
         """The submit script's description of a job for ``members``, its RQ hash appended to ``fields``.
