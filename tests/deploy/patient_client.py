@@ -1,0 +1,141 @@
+"""A test client that keeps its promises across restarts: it reconnects and asks again.
+
+It sends factorial requests at a steady pace, each number once, and records
+every acknowledgement and every final answer by task id. When its connection
+drops (a 1012 from a draining server, a killed server, a balancer moving it)
+it reconnects, asks ``result`` for each acknowledged task still unanswered,
+and sends again the requests that got no acknowledgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections import defaultdict
+
+import gmpy2
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import WebSocketClosedError, websocket_connect
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+RECONNECT_PAUSE_S = 0.2
+# Requests answered "unavailable" or "busy" are sent again this much later.
+RETRY_PAUSE_S = 0.5
+
+
+class PatientClient:
+    def __init__(self, url: str, reconnect_for_s: float = 60.0):
+        self.url = url
+        self.reconnect_for_s = reconnect_for_s
+        self._refs = itertools.count()
+        self.unacked: dict[str, int] = {}  # ref -> number
+        self.acked: dict[str, int] = {}  # task id -> number
+        self.pending: set[str] = set()  # acknowledged, no final answer yet
+        self.finals: dict[str, list[dict]] = defaultdict(list)
+        self.acked_at: dict[str, float] = {}
+        self.answered_after_s: dict[str, float] = {}
+        self.reconnects = 0
+        self.close_codes: list[int | None] = []
+        self._connection = None
+        self._reader: asyncio.Task | None = None
+        self._stopping = False
+
+    # --- use --------------------------------------------------------------------
+
+    async def start(self) -> "PatientClient":
+        await self._connect()
+        self._reader = asyncio.ensure_future(self._read())
+        return self
+
+    async def ask(self, number: int) -> None:
+        ref = f"r{next(self._refs)}"
+        self.unacked[ref] = number
+        await self._write({"type": "factorial", "number": number, "ref": ref})
+
+    @property
+    def settled(self) -> bool:
+        return not self.pending and not self.unacked
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._connection is not None:
+            self._connection.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - the reader's end is ours
+                pass
+
+    def wrong_answers(self) -> list[str]:
+        """Every acknowledged task without exactly one correct final answer, described."""
+        problems = []
+        for task_id, number in self.acked.items():
+            finals = self.finals.get(task_id, [])
+            if len(finals) != 1:
+                problems.append(f"{number}! ({task_id}): {len(finals)} final answers")
+            elif finals[0]["type"] != "success":
+                problems.append(f"{number}! ({task_id}): {finals[0]}")
+            elif finals[0]["digits"] != len(str(gmpy2.fac(number))):
+                problems.append(f"{number}! ({task_id}): {finals[0]['digits']} digits")
+        return problems
+
+    # --- the connection ---------------------------------------------------------
+
+    async def _connect(self) -> None:
+        deadline = time.monotonic() + self.reconnect_for_s
+        while True:
+            try:
+                request = HTTPRequest(self.url, connect_timeout=3, request_timeout=5)
+                self._connection = await websocket_connect(request, max_message_size=MAX_MESSAGE_BYTES)
+                break
+            except (OSError, HTTPClientError, asyncio.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(RECONNECT_PAUSE_S)
+        for task_id in sorted(self.pending):
+            await self._write({"type": "result", "task_id": task_id})
+        for ref, number in list(self.unacked.items()):
+            await self._write({"type": "factorial", "number": number, "ref": ref})
+
+    async def _write(self, message: dict) -> None:
+        try:
+            await self._connection.write_message(json.dumps(message))
+        except WebSocketClosedError:
+            pass  # the reader reconnects and sends it again
+
+    async def _read(self) -> None:
+        while not self._stopping:
+            raw = await self._connection.read_message()
+            if raw is None:
+                self.close_codes.append(self._connection.close_code)
+                if self._stopping:
+                    return
+                self.reconnects += 1
+                await self._connect()
+                continue
+            self._take(json.loads(raw))
+
+    def _take(self, message: dict) -> None:
+        kind, task_id, ref = message.get("type"), message.get("task_id"), message.get("ref")
+        if kind == "result" and ref in self.unacked:
+            number = self.unacked.pop(ref)
+            self.acked[task_id] = number
+            self.acked_at.setdefault(task_id, time.monotonic())
+            self.pending.add(task_id)
+        elif kind == "error" and not task_id and ref in self.unacked:
+            if message.get("code") in ("unavailable", "busy"):
+                asyncio.get_running_loop().call_later(RETRY_PAUSE_S, self._resend, ref)
+            else:
+                raise AssertionError(f"request {ref} refused: {message}")
+        elif kind in ("success", "error") and task_id:
+            self.finals[task_id].append(message)
+            if task_id in self.pending:
+                self.pending.discard(task_id)
+                self.answered_after_s[task_id] = time.monotonic() - self.acked_at[task_id]
+
+    def _resend(self, ref: str) -> None:
+        if ref in self.unacked and not self._stopping:
+            asyncio.ensure_future(self._write({"type": "factorial", "number": self.unacked[ref], "ref": ref}))

@@ -1,0 +1,91 @@
+"""An upgrade one server at a time, through deploy/haproxy.cfg, loses nothing.
+
+Two servers (two processes each) behind HAProxy, one worker, three clients
+sending hard and soft requests at a steady pace. Each server in turn gets
+SIGTERM, drains (1012), exits, and starts again; the clients reconnect
+through HAProxy and ask again for what they wait for. Every acknowledged
+task gets exactly one final answer, and it is right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import pytest
+
+from tests.conftest import ServedApp
+from tests.deploy.haproxy import HAProxy, haproxy_binary
+from tests.deploy.patient_client import PatientClient
+from tests.helpers import async_wait_until, free_port
+
+pytestmark = pytest.mark.skipif(haproxy_binary() is None, reason="needs haproxy (apt-get install haproxy)")
+
+# Hard numbers take 20-150 ms each on one worker, so some are always queued.
+HARD = itertools.count(60_000, 7_919)
+SOFT = itertools.count(2, 1)
+PACE_S = 0.05
+
+
+async def send_steadily(clients: list[PatientClient], stop: asyncio.Event) -> None:
+    for turn in itertools.count():
+        if stop.is_set():
+            return
+        client = clients[turn % len(clients)]
+        await client.ask(next(HARD) if turn % 3 else next(SOFT) % 1000 + 1)
+        await asyncio.sleep(PACE_S)
+
+
+@pytest.mark.slow
+@pytest.mark.gen_test(timeout=180)
+async def test_restarting_servers_one_by_one_behind_haproxy_answers_every_acknowledged_task_once(
+        redis_url, worker, tmp_path):
+    ports = [free_port(), free_port()]
+    servers = [ServedApp(redis_url, port=port, web_processes=2, server_host="127.0.0.1").start() for port in ports]
+    balancer = HAProxy(tmp_path, f"127.0.0.1:{free_port()}", [f"127.0.0.1:{port}" for port in ports]).start()
+    clients: list[PatientClient] = []
+    try:
+        for name in ("web-1", "web-2"):
+            balancer.wait_state(name, "UP")
+        url = f"ws://{balancer.listen}/ws"
+        clients = [await PatientClient(url).start() for _ in range(3)]
+        stop = asyncio.Event()
+        sender = asyncio.ensure_future(send_steadily(clients, stop))
+
+        restarts = []
+        for index, name in enumerate(("web-1", "web-2")):
+            await async_wait_until(lambda: sum(len(c.pending) for c in clients) >= 5, timeout=20,
+                                   what="jobs waiting on the servers")
+            began = time.monotonic()
+            old = servers[index]
+            old.process.terminate()
+            code = await asyncio.get_running_loop().run_in_executor(None, old.process.wait, 15)
+            assert code == 0
+            drained = time.monotonic() - began
+            servers[index] = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: ServedApp(redis_url, port=ports[index], web_processes=2, server_host="127.0.0.1").start())
+            await asyncio.get_running_loop().run_in_executor(None, balancer.wait_state, name, "UP")
+            restarts.append((name, drained, time.monotonic() - began))
+
+        await asyncio.sleep(1)  # keep sending through the second new server a moment
+        stop.set()
+        await sender
+        await async_wait_until(lambda: all(c.settled for c in clients), timeout=90,
+                               what="every request to be answered")
+        acked = sum(len(c.acked) for c in clients)
+        drops = sum(c.reconnects for c in clients)
+        codes = sorted({code for c in clients for code in c.close_codes})
+        slowest = max(t for c in clients for t in c.answered_after_s.values())
+        print(f"\nrolling upgrade: {acked} acknowledged, {drops} reconnects (close codes {codes}), "
+              f"slowest answer {slowest:.2f} s; " + ", ".join(f"{n} drained in {d:.2f} s, back UP after {u:.1f} s"
+                                                               for n, d, u in restarts))
+        assert [problem for c in clients for problem in c.wrong_answers()] == []
+        assert drops >= 2 and 1012 in codes  # the restarts did cut the clients' connections
+        assert acked >= 50
+    finally:
+        for client in clients:
+            await client.stop()
+        balancer.stop()
+        for server in servers:
+            server.stop()
