@@ -1,14 +1,16 @@
-"""Benchmark the service, each figure beside its floor measured in the same run.
+"""Benchmark the service against the no-queue ceiling and its floors, all measured in the same run.
 
     python -m bench                      # everything, on a stack of its own
-    python -m bench --quick              # smaller counts, about half a minute
+    python -m bench --quick              # smaller counts, well under a minute
     python -m bench -s latency -s big    # some scenarios only
     python -m bench --url ws://host:8888/ws --redis-url redis://host:6379/0 [--probe-url http://...]
 
 A stack of its own is a private redis-server on a free port, ``--workers`` rq
-workers (``jobs.worker.LaneWorker``) and two servers (the second offers
-permessage-deflate, for the compression scenario and for scale out). The
-table is printed and saved as JSON (``bench/results/latest.json``).
+workers (``jobs.worker.LaneWorker``), two servers (the second offers
+permessage-deflate, for the compression scenario and for scale out) and the
+no-queue ceiling (``bench.ceiling``). Every figure is printed beside the
+ceiling's and the floor's, as ratios. The table is saved as JSON under
+``var/bench/`` (outside the tracked tree).
 """
 
 from __future__ import annotations
@@ -21,26 +23,29 @@ import logging
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import stack as stacks
 from bench.scenarios import Row, Scenarios
 
 log = logging.getLogger("bench")
-RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
-ALL = ("latency", "throughput", "rq_simple_floor", "big", "hot_key", "held", "compression", "scale_out")
-# The stock SimpleWorker floor restarts the workers: full runs only.
-QUICK = tuple(s for s in ALL if s != "rq_simple_floor")
+ROOT = Path(__file__).resolve().parent.parent
+# Untracked (var/ is ignored): a run never changes the checkout.
+RESULTS = ROOT / "var" / "bench" / "latest.json"
+ALL = ("latency", "throughput", "big", "hot_key", "held", "compression", "scale_out")
 LOOP_LAG_TARGET_MS = 50.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("-s", "--scenario", action="append", choices=ALL,
-                        help="run only this scenario (repeatable); default: all (--quick: all but rq_simple_floor)")
-    parser.add_argument("--quick", action="store_true", help="smaller counts; skips 1000000! and 1000 clients")
+                        help="run only this scenario (repeatable); default: all")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller counts; skips 1000000!, 1000 clients and 10,000 connections")
     parser.add_argument("--workers", type=int, default=2, help="rq workers to start (default 2)")
     parser.add_argument("--worker-class", default="jobs.worker.LaneWorker")
     parser.add_argument("--url", action="append", help="a running server's ws:// URL (give two for scale out)")
@@ -65,11 +70,22 @@ def machine() -> dict:
             "platform": platform.platform()}
 
 
+def commit() -> str:
+    """The checkout's commit, marked ``-dirty`` when files differ from it."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 async def run(args: argparse.Namespace, stack: stacks.Stack) -> list[Row]:
     workers = len(stack.redis.smembers("rq:workers")) if args.url else args.workers
     scenarios = Scenarios(stack, args.quick, workers)
     rows: list[Row] = []
-    for name in args.scenario or (QUICK if args.quick else ALL):
+    for name in args.scenario or ALL:
         for server in stack.servers:
             server.probe(reset=True)
         started = time.perf_counter()
@@ -87,23 +103,35 @@ async def run(args: argparse.Namespace, stack: stacks.Stack) -> list[Row]:
 
 
 def table(rows: list[Row]) -> str:
-    header = ("scenario", "measure", "value", "floor", "ratio", "target", "met", "loop lag (busy)", "note")
+    """Every figure beside the ceiling's and the floor's, with the ratios; notes below."""
+    header = ("scenario", "measure", "service", "ceiling", "x ceiling", "floor", "x floor", "target", "met",
+              "loop stall (busy)")
     lines = [header]
+    notes = []
     for r in rows:
-        floor = f"{r.floor:.4g} {r.unit} ({r.floor_name})" if r.floor is not None else r.floor_name
         lines.append((
-            r.scenario, r.measure, f"{r.value:.4g} {r.unit}", floor,
-            f"{r.ratio:.2f}x" if r.ratio is not None else "", r.target,
-            {True: "yes", False: "NO", None: ""}[r.met],
-            f"{r.loop_lag_ms:.0f} ms ({r.loop_busy_ms:.0f})" if r.loop_lag_ms is not None else "", r.note,
+            r.scenario, r.measure, _figure(r.value, r.unit), _figure(r.ceiling, r.unit),
+            _times(r.to_ceiling), f"{_figure(r.floor, r.unit)} ({r.floor_name})" if r.floor is not None else "",
+            _times(r.to_floor), r.target, {True: "yes", False: "NO", None: ""}[r.met],
+            f"{r.loop_lag_ms:.0f} ms ({r.loop_busy_ms:.0f})" if r.loop_lag_ms is not None else "",
         ))
+        if r.note:
+            notes.append(f"- {r.scenario}, {r.measure}: {r.note}")
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = []
     for i, line in enumerate(lines):
         out.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths)) + " |")
         if i == 0:
             out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(out)
+    return "\n".join(out + [""] + notes)
+
+
+def _figure(value: float | None, unit: str) -> str:
+    return "" if value is None else f"{value:.4g} {unit}"
+
+
+def _times(ratio: float | None) -> str:
+    return "" if ratio is None else f"{ratio:.2f}x"
 
 
 def main(argv=None) -> int:
@@ -132,9 +160,13 @@ def main(argv=None) -> int:
     if busiest is not None:
         text += (f"\nlongest IOLoop stall, loop CPU: {busiest:.0f} ms "
                  f"(target <= {LOOP_LAG_TARGET_MS:.0f} ms: {'met' if lag_ok else 'NOT met'})")
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    where = machine()
+    text = f"{when}, commit {commit()}, {where['cores']} cores ({where['cpu']}), Python {where['python']}\n" + text
     print(text)
     report = {"command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
-              "machine": machine(), "quick": args.quick, "workers": args.workers,
+              "date": when, "commit": commit(),
+              "machine": where, "quick": args.quick, "workers": args.workers,
               "worker_class": args.worker_class, "loop_lag_target_ms": LOOP_LAG_TARGET_MS,
               "loop_lag_met": lag_ok, "rows": [r.as_dict() for r in rows], "table": text}
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The processes a benchmark run needs: a private Redis, rq workers and servers, on free ports."""
+"""The processes a benchmark run needs: a private Redis, rq workers, servers and the ceiling, on free ports."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,11 @@ from stack.redis import server_command
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 20.0
+# The hot key's answer, made by the ceiling before it listens.
+CEILING_PRECOMPUTE = (100_000,)
+# The service's own fair use would count the benchmark (one client address,
+# thousands of connections asking back to back) as an abuser: lifted here.
+UNLIMITED = {"MAX_REQUESTS_PER_S": "1000000"}
 
 
 def wait_for(predicate, what: str, timeout: float = START_TIMEOUT_S):
@@ -57,6 +63,8 @@ class Server:
 class Stack:
     redis_url: str
     servers: list[Server]
+    ceiling: Server | None = None
+    redis_process: subprocess.Popen | None = None
     workers: list[subprocess.Popen] = field(default_factory=list)
     owned: list[subprocess.Popen] = field(default_factory=list)
     worker_class: str = "jobs.worker.LaneWorker"
@@ -85,6 +93,8 @@ class Stack:
             self.workers.append(process)
 
     def stop_workers(self) -> None:
+        if not self.workers:
+            return  # none of ours; a running stack's workers are left alone
         for process in self.workers:
             stop_process(process)
         self.workers.clear()
@@ -97,11 +107,9 @@ class Stack:
         port, probe_port = free_port(), free_port()
         env = {**os.environ, "PYTHONPATH": str(ROOT), "SERVER_PORT": str(port), "SERVER_HOST": "127.0.0.1",
                "REDIS_URL": self.redis_url, "LOOP_LAG_PORT": str(probe_port), "LOG_LEVEL": "WARNING",
-               # One connection asks back to back, faster than fair use allows.
-               "MAX_REQUESTS_PER_S": "1000000",
                # One process per server, as the benchmark starts them one by one.
                "WEB_PROCESSES": "1",
-               **(extra_env or {})}
+               **UNLIMITED, **(extra_env or {})}
         process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env)
         server = Server(f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{probe_port}/", process)
         wait_for(lambda: server.probe() or process.poll() is not None, "the server to listen")
@@ -112,10 +120,27 @@ class Stack:
         log.info("server pid %d at %s", process.pid, server.url)
         return server
 
+    def start_ceiling(self) -> Server:
+        """The no-queue ceiling (``bench.ceiling``) on a free port."""
+        port = free_port()
+        command = [sys.executable, "-m", "bench.ceiling", "--port", str(port)]
+        for number in CEILING_PRECOMPUTE:
+            command += ["--precompute", str(number)]
+        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                   stderr=subprocess.DEVNULL)
+        self.ceiling = Server(f"ws://127.0.0.1:{port}/ws", process=process)
+        self.owned.append(process)
+        wait_for(lambda: _listens(port) or process.poll() is not None, "the ceiling to listen")
+        if process.poll() is not None:
+            raise RuntimeError("bench.ceiling exited at start")
+        log.info("ceiling pid %d at %s", process.pid, self.ceiling.url)
+        return self.ceiling
+
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time used so far by each kind of process this stack started (Linux /proc)."""
-        roles = {"redis": self.owned[:1], "servers": [s.process for s in self.servers if s.process],
-                 "workers": self.workers}
+        roles = {"redis": [self.redis_process] if self.redis_process else [],
+                 "servers": [s.process for s in self.servers if s.process], "workers": self.workers,
+                 "ceiling": [self.ceiling.process] if self.ceiling and self.ceiling.process else []}
         return {role: sum(_cpu_seconds(p.pid) for p in processes) for role, processes in roles.items()
                 if processes}
 
@@ -132,12 +157,13 @@ def start(workers: int, worker_class: str, servers: int, second_server_env: dict
     tmp = tempfile.mkdtemp(prefix="bench-redis-")
     port = free_port()
     redis_process = subprocess.Popen(server_command(port, Path(tmp), append_only=False), stdout=subprocess.DEVNULL)
-    stack = Stack(f"redis://127.0.0.1:{port}/0", [], owned=[redis_process], tmp=tmp)
+    stack = Stack(f"redis://127.0.0.1:{port}/0", [], owned=[redis_process], redis_process=redis_process, tmp=tmp)
     try:
         wait_for(lambda: _answers(Redis.from_url(stack.redis_url)), "redis-server")
         stack.start_workers(workers, worker_class)
         for i in range(servers):
             stack.start_server(second_server_env if i == 1 else None)
+        stack.start_ceiling()
     except BaseException:
         stack.close()
         raise
@@ -147,7 +173,22 @@ def start(workers: int, worker_class: str, servers: int, second_server_env: dict
 def attach(urls: list[str], redis_url: str, probe_urls: list[str]) -> Stack:
     """A running stack, given by its servers' URLs and its Redis."""
     servers = [Server(url, probe) for url, probe in zip(urls, probe_urls + [""] * len(urls))]
-    return Stack(redis_url, servers, worker_class="the stack's own worker class")
+    stack = Stack(redis_url, servers, worker_class="the stack's own worker class")
+    # The ceiling is what this client and its network allow: it runs here.
+    try:
+        stack.start_ceiling()
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+def _listens(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def _cpu_seconds(pid: int) -> float:
