@@ -186,7 +186,8 @@ class JobStore:
 
     def states(self, task_ids: list[str]) -> dict[str, JobState]:
         """The state of each task: one round trip, two when some belong to batch jobs
-        that have not finished (plus one per failed job)."""
+        that have not finished (plus one per failed job, and one when a job
+        ended while it was being read)."""
         task_ids = list(dict.fromkeys(task_ids))
         if not task_ids:
             return {}
@@ -206,6 +207,13 @@ class JobStore:
             for task_id in in_batches:
                 pipe.hmget(Job.key_for(job_ids[task_id]), *_JOB_FIELDS)
             fields.update(zip(in_batches, pipe.execute()))
+        # A job that ended between the payload read and its status read looks
+        # "finished" without a payload: read those payloads again rather than
+        # call the task unknown (the worker stores the payload before RQ marks
+        # the job finished, so it is there now unless it expired).
+        late = [t for t in task_ids if not payloads[t] and fields[t][0] == b"finished"]
+        if late:
+            payloads.update(self.payloads(late))
         return {t: self._state(t, job_ids[t], payloads[t], fields[t]) for t in task_ids}
 
     def _state(self, task_id: str, job_id: str, payload: bytes | None, fields: list) -> JobState:
