@@ -111,8 +111,7 @@ class ResultDelivery:
             if self._waiting and time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self.settings.sweep_interval_s
                 await self._sweep()
-        except OUTAGE_ERRORS as exc:
-            log.warning("Delivery could not reach Redis (%s); retrying in %.1f s", exc, RETRY_AFTER_S)
+        except OUTAGE_ERRORS:  # logged once per outage by the job client
             self._retry_at = time.monotonic() + RETRY_AFTER_S
         except Exception:  # noqa: BLE001 - a bug must not stop every delivery for good
             log.exception("Delivery tick failed; retrying in %.1f s", RETRY_AFTER_S)

@@ -11,6 +11,7 @@ from rq import Worker
 
 from handlers.context import ServiceContext
 from handlers.errors import JsonRequestHandler
+from jobs.client import OUTAGE_ERRORS
 from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ class MetricsHandler(JsonRequestHandler):
         try:
             lengths = await self.context.jobs.run(read_queue_lengths, self.context.jobs.store)
         except RedisError as exc:
-            log.warning("Metrics without queue lengths: Redis unreachable (%s)", exc)
+            if not isinstance(exc, OUTAGE_ERRORS):  # an outage is logged once, by the job client
+                log.warning("Metrics without queue lengths: %s", exc)
             lengths = {}
         body = self.context.metrics.exposition(self.context.delivery.waiting_jobs, lengths)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)

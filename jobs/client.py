@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Awaitable, Callable, Container, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from jobs.outage import OutageLog
 from jobs.states import FINISHED, Event, JobState
 from jobs.store import JobStore
 from protocol import ErrorCode, ProtocolError
@@ -61,6 +63,9 @@ class JobClient:
         self.store = store
         # Told of every failure that is not an outage (metrics count them).
         self.on_internal_error = on_internal_error
+        # Every call to Redis goes through ``_call``, which tells this log: an
+        # outage is logged once per process, however many callers it fails.
+        self.outage = OutageLog(log)
         # Two threads: one batch of requests and one fetch of results may be under
         # way at once. Event reads block in Redis, so they get a thread of their own.
         self._executor = ThreadPoolExecutor(2, thread_name_prefix="redis")
@@ -103,8 +108,7 @@ class JobClient:
                     answers, states = await self.run(
                         self._submit_and_lookup, [n for n, _ in submits], [t for t, _ in lookups]
                     )
-                except OUTAGE_ERRORS as exc:
-                    log.warning("Redis unreachable: %s", exc)
+                except OUTAGE_ERRORS:  # logged by self.outage
                     for _, future in submits + lookups:
                         _fail(future, unavailable())
                     continue
@@ -151,9 +155,7 @@ class JobClient:
         The payloads come from the same thread right after the read, so a job's
         end costs the IOLoop one wake-up instead of two.
         """
-        return asyncio.get_running_loop().run_in_executor(
-            self._events_executor, self._read_events_and_payloads, cursor, block_ms, waiting
-        )
+        return self._call(self._events_executor, self._read_events_and_payloads, cursor, block_ms, waiting)
 
     def _read_events_and_payloads(self, cursor: str, block_ms: int, waiting: Container[str]):
         cursor, found = self.store.read_events(cursor, block_ms)
@@ -164,7 +166,17 @@ class JobClient:
 
     def run(self, fn: Callable[..., T], *args) -> Awaitable[T]:
         """Run a blocking call (Redis) on this client's threads, never on the IOLoop."""
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return self._call(self._executor, fn, *args)
+
+    async def _call(self, executor: ThreadPoolExecutor, fn: Callable[..., T], *args) -> T:
+        began = time.monotonic()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except OUTAGE_ERRORS as exc:
+            self.outage.failed(exc)
+            raise
+        self.outage.succeeded(began)
+        return result
 
 
 def _resolve(future: asyncio.Future, answer) -> None:

@@ -1,0 +1,62 @@
+"""Logging a Redis outage without flooding the log.
+
+Every call that fails during an outage would otherwise log a line: the
+delivery loop alone retries twice a second. ``OutageLog`` logs the outage once
+when it starts, again at doubling intervals (capped) while it lasts, with the
+count of failed calls, and once when it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+# The first reminder comes this long after the start of an outage; each next
+# one twice as long after the previous, at most MAX_REPEAT_S.
+FIRST_REPEAT_S = 1.0
+MAX_REPEAT_S = 60.0
+
+
+class OutageLog:
+    def __init__(self, log: logging.Logger, what: str = "Redis", first_repeat_s: float = FIRST_REPEAT_S,
+                 max_repeat_s: float = MAX_REPEAT_S, clock: Callable[[], float] = time.monotonic):
+        self.log = log
+        self.what = what
+        self.first_repeat_s = first_repeat_s
+        self.max_repeat_s = max_repeat_s
+        self.clock = clock
+        self.down = False
+        self._began = self._last_failure = self._next_log = 0.0
+        self._repeat_s = first_repeat_s
+        self._failures = 0
+
+    def failed(self, exc: BaseException) -> None:
+        """A call could not reach Redis."""
+        now = self.clock()
+        self._last_failure = now
+        self._failures += 1
+        if not self.down:
+            self.down = True
+            self._began = now
+            self._failures = 1
+            self._repeat_s = self.first_repeat_s
+            self._next_log = now + self._repeat_s
+            self.log.warning("%s unreachable: %s", self.what, exc)
+        elif now >= self._next_log:
+            self.log.warning("%s still unreachable after %.0f s (calls failed: %d): %s",
+                             self.what, now - self._began, self._failures, exc)
+            self._repeat_s = min(2 * self._repeat_s, self.max_repeat_s)
+            self._next_log = now + self._repeat_s
+
+    def succeeded(self, began: float | None = None) -> None:
+        """A call that began at ``began`` (this log's clock) reached Redis.
+
+        A call that began before the latest failure proves nothing about now:
+        it does not end the outage.
+        """
+        if not self.down or (began is not None and began < self._last_failure):
+            return
+        self.down = False
+        self.log.warning("%s reachable again after %.1f s (calls failed: %d)",
+                         self.what, self.clock() - self._began, self._failures)
