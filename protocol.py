@@ -45,6 +45,10 @@ class ErrorCode(str, Enum):
     TOO_LARGE = "too_large"
     BAD_REQUEST = "bad_request"
     INTERNAL_ERROR = "internal_error"
+    # Not in the table either, and never sent on an open WebSocket: the answer
+    # (HTTP 401) to a handshake or an API request with a wrong API key, or none
+    # when keys are required. Documented in docs/protocol-notes.md.
+    UNAUTHORIZED = "unauthorized"
 
 
 # Texts kept word for word from the service this one replaces.

@@ -23,6 +23,7 @@ from handlers.context import ServiceContext
 from handlers.delivery import ResultDelivery
 from handlers.errors import NotFoundHandler, StaticFiles, log_request
 from handlers.health import HealthHandler, MetricsHandler
+from handlers.identity import ClientIdentifier
 from handlers.metrics import Metrics
 from handlers.socket import FactorialSocket
 from jobs import connection
@@ -58,7 +59,7 @@ def connect_redis(settings: Settings) -> Redis:
 def make_context(settings: Settings) -> ServiceContext:
     metrics = Metrics()
     jobs = JobClient(JobStore(connect_redis(settings), settings), on_internal_error=metrics.internal_error)
-    return ServiceContext(settings, jobs, ResultDelivery(jobs, settings), metrics)
+    return ServiceContext(settings, jobs, ResultDelivery(jobs, settings), metrics, ClientIdentifier(settings))
 
 
 def make_app(settings: Settings, context: ServiceContext | None = None) -> tornado.web.Application:
@@ -110,7 +111,8 @@ async def serve(settings: Settings, slot: int = 0) -> None:
         # Several processes of this host listen on the same port (supervisor.py).
         reuse_port=True,
         ssl_options=ssl_context(settings),
-        xheaders=True,
+        # No xheaders: Tornado would believe X-Forwarded-For and X-Real-IP
+        # from anyone. handlers/identity.py believes only TRUSTED_PROXIES.
     )
     app.context.delivery.start()
     looplag.start(settings.loop_lag_port + slot if settings.loop_lag_port else 0)

@@ -7,6 +7,7 @@ The README's configuration table lists the same variables and defaults.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -63,6 +64,14 @@ class Settings:
     max_requests_per_s: int = 200
     max_queue_length: int = 100_000
 
+    # Client identity (handlers/identity.py). Proxies (addresses or CIDR
+    # networks) whose X-Forwarded-For / X-Real-IP name the client; anyone
+    # else's are ignored.
+    trusted_proxies: tuple[str, ...] = ()
+    # "name:key" entries: a request carrying the key is the client "name".
+    api_keys: tuple[str, ...] = ()
+    api_keys_required: bool = False
+
     # Origins allowed to open a WebSocket besides the server's own.
     allowed_origins: tuple[str, ...] = ()
     websocket_compression: bool = False
@@ -85,6 +94,20 @@ class Settings:
             host, _, port = address.rpartition(":")
             if not host or not port.isdigit():
                 raise SettingsError(f"REDIS_SENTINELS entry {address!r} is not host:port")
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise SettingsError(f"TRUSTED_PROXIES: {entry!r} is not an address or a CIDR network") from None
+        for position, entry in enumerate(self.api_keys, 1):
+            name, _, key = entry.partition(":")
+            if not name.strip() or not key:
+                # The entry itself holds a secret: name only its position.
+                raise SettingsError(f"API_KEYS: entry {position} is not name:key")
+        if self.api_keys_required and not self.api_keys:
+            raise SettingsError("API_KEYS_REQUIRED is set but API_KEYS lists no key")
+        # Origins compare without a trailing slash.
+        object.__setattr__(self, "allowed_origins", tuple(o.rstrip("/") for o in self.allowed_origins))
         if bool(self.tls_certfile) != bool(self.tls_keyfile):
             raise SettingsError("TLS_CERTFILE and TLS_KEYFILE must be set together")
 
@@ -125,7 +148,7 @@ def _convert(name: str, raw: str, kind: str):
                 return False
             raise ValueError("not a boolean")
         if kind == "tuple[str, ...]":
-            return tuple(part.strip().rstrip("/") for part in text.split(",") if part.strip())
+            return tuple(part.strip() for part in text.split(",") if part.strip())
         return text
     except ValueError:
         expected = {"int": "a whole number >= 0", "float": "a positive number", "bool": "true or false"}[kind]

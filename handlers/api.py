@@ -26,6 +26,7 @@ _HTTP_STATUS = {
     ErrorCode.BUSY: 503,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.UNAUTHORIZED: 401,
 }
 
 
@@ -50,6 +51,12 @@ class _ApiHandler(JsonRequestHandler):
     def initialize(self, context: ServiceContext) -> None:
         self.context = context
 
+    def prepare(self) -> None:
+        try:
+            self.identity = self.context.identifier.identify(self.request)
+        except ProtocolError as err:
+            self.reply_error(err)
+
     def reply(self, status: int, body: bytes | str) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
@@ -57,6 +64,8 @@ class _ApiHandler(JsonRequestHandler):
         self.finish(body)
 
     def reply_error(self, err: ProtocolError, ref=None) -> None:
+        if err.code == ErrorCode.UNAUTHORIZED:
+            self.set_header("WWW-Authenticate", 'Bearer realm="factorial"')
         self.reply(_HTTP_STATUS.get(err.code, 400), protocol.error(err, ref))
 
 

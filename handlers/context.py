@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from handlers.delivery import ResultDelivery
 from handlers.drain import Drain
+from handlers.identity import ClientIdentifier
 from handlers.metrics import Metrics
 from settings import Settings
 from jobs.client import JobClient
@@ -17,4 +18,5 @@ class ServiceContext:
     jobs: JobClient
     delivery: ResultDelivery
     metrics: Metrics
+    identifier: ClientIdentifier
     drain: Drain = field(default_factory=Drain)

@@ -14,6 +14,7 @@ from http import HTTPStatus
 import tornado.web
 
 import protocol
+from handlers.identity import logged_client, without_api_key
 from protocol import ErrorCode, ProtocolError
 
 access_log = logging.getLogger("tornado.access")
@@ -76,5 +77,6 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     level = logging.ERROR if status >= 500 else logging.INFO
     request = handler.request
-    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri, request.remote_ip,
-                   1000 * request.request_time())
+    # The client as handlers/identity.py believes it, and never an API key.
+    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, without_api_key(request.uri),
+                   logged_client(handler), 1000 * request.request_time())

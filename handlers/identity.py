@@ -1,24 +1,182 @@
 """Who a request comes from, for fair share: one name per client, however many connections it opens.
 
-By default a client is its peer address; IPv6 addresses are grouped by their
-/64 prefix, since one host or home network usually holds a whole /64.
+By default a client is its address: the direct peer's, or, when that peer is
+one of ``TRUSTED_PROXIES``, the address the proxy says it served. IPv6
+addresses are grouped by their /64 prefix, since one host or home network
+usually holds a whole /64. A request that carries one of ``API_KEYS`` is the
+client that key names instead, wherever it comes from.
+
+Keys never reach a log: they are looked up by their SHA-256, and the query
+parameter that carries one is cut from the request's URI as soon as it is read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+from dataclasses import dataclass
+from typing import Iterable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from tornado.httputil import HTTPHeaders, HTTPServerRequest
+
+from protocol import ErrorCode, ProtocolError
+from settings import Settings
 
 IPV6_PREFIX = 64
+# Where a key may come: headers for programs, a query parameter for browsers,
+# whose WebSocket API cannot set headers.
+API_KEY_HEADER = "X-API-Key"
+API_KEY_PARAMETER = "api_key"
+# Client names of key holders start with this; addresses never do.
+KEY_CLIENT_PREFIX = "key:"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def client_of(peer_ip: str) -> str:
-    """The client name for a connection from ``peer_ip``."""
+def client_of(address: str) -> str:
+    """The client name for requests from ``address``."""
     try:
-        address = ipaddress.ip_address(peer_ip)
+        parsed = ipaddress.ip_address(address)
     except ValueError:
-        return peer_ip or "unknown"
-    if address.version == 6:
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{address}/{IPV6_PREFIX}", strict=False))
-    return str(address)
+        return address or "unknown"
+    if parsed.version == 6:
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{parsed}/{IPV6_PREFIX}", strict=False))
+    return str(parsed)
+
+
+@dataclass(frozen=True)
+class Identity:
+    client: str  # the name fair share counts under
+    address: str  # the address believed to be the client's (the peer's, or a trusted proxy's word)
+    peer: str  # the direct peer, as the socket saw it
+
+
+def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
+    """Addresses or CIDR networks; a bare address is a network of one. Raises ValueError."""
+    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries)
+
+
+def parse_api_keys(entries: Iterable[str]) -> dict[str, str]:
+    """``name:key`` entries as {SHA-256 of key: client name}. Raises ValueError naming the entry's position."""
+    names = {}
+    for position, entry in enumerate(entries, 1):
+        name, sep, key = entry.partition(":")
+        if not sep or not name.strip() or not key:
+            raise ValueError(f"entry {position} is not name:key")
+        names[_digest(key)] = KEY_CLIENT_PREFIX + name.strip()
+    return names
+
+
+class ClientIdentifier:
+    """Tells the client of each request, from its peer, its proxy headers and its API key."""
+
+    def __init__(self, settings: Settings):
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
+        self.key_names = parse_api_keys(settings.api_keys)
+        self.keys_required = settings.api_keys_required
+
+    def identify(self, request: HTTPServerRequest) -> Identity:
+        """The request's identity; raises ``unauthorized`` for a wrong key, or a missing one when keys are required.
+
+        Removes the key from the request's URI, so that nothing logs it later.
+        """
+        peer = request.remote_ip or ""
+        address = self.address(peer, request.headers)
+        key = api_key_of(request)
+        if key is None:
+            if self.keys_required:
+                raise ProtocolError(ErrorCode.UNAUTHORIZED, "an API key is required: send it in the "
+                                    f"{API_KEY_HEADER} header, as Authorization: Bearer, or as ?{API_KEY_PARAMETER}=")
+            return Identity(client_of(address), address, peer)
+        name = self.key_names.get(_digest(key))
+        if name is None:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "this API key is not known here")
+        return Identity(name, address, peer)
+
+    def address(self, peer: str, headers: HTTPHeaders) -> str:
+        """The client's address: the peer's, unless the peer is a trusted proxy that names another.
+
+        ``X-Forwarded-For`` is read right to left: each proxy appends the
+        address it was connected from, so the right-most address that is not
+        a trusted proxy is the last one a trusted hop vouches for; anything
+        left of it was written by the client and may be forged.
+        """
+        if not self._trusted(peer):
+            return peer
+        hops = [hop.strip() for line in headers.get_list("X-Forwarded-For") for hop in line.split(",")]
+        hops = [hop for hop in hops if hop]
+        if hops:
+            nearest = peer
+            for hop in reversed(hops):
+                address = _plain_address(hop)
+                if address is None:
+                    return nearest  # garbage: the trusted hop that passed it on is all we know
+                if not self._trusted(address):
+                    return address
+                nearest = address
+            return nearest  # every hop is a trusted proxy: the request comes from the first of them
+        real_ip = _plain_address(headers.get("X-Real-IP", ""))
+        return real_ip or peer
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            parsed = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if parsed.version == 6 and parsed.ipv4_mapped is not None:
+            parsed = parsed.ipv4_mapped
+        return any(parsed in network for network in self.trusted_proxies)
+
+
+def api_key_of(request: HTTPServerRequest) -> str | None:
+    """The key a request carries, if any; the query parameter is cut from its URI and arguments."""
+    key = request.headers.get(API_KEY_HEADER, "").strip()
+    if not key:
+        scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() == "bearer":
+            key = credentials.strip()
+    if API_KEY_PARAMETER in request.query_arguments:
+        if not key:
+            key = request.query_arguments[API_KEY_PARAMETER][0].decode("utf-8", errors="replace")
+        request.uri = without_api_key(request.uri)
+        request.query = urlsplit(request.uri).query
+        request.query_arguments.pop(API_KEY_PARAMETER, None)
+        request.arguments.pop(API_KEY_PARAMETER, None)
+    return key or None
+
+
+def without_api_key(uri: str) -> str:
+    """``uri`` with its ``api_key`` query parameter removed."""
+    parts = urlsplit(uri)
+    if API_KEY_PARAMETER not in parts.query:
+        return uri
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != API_KEY_PARAMETER]
+    return urlunsplit(parts._replace(query=urlencode(kept)))
+
+
+def logged_client(handler) -> str:
+    """Who to name in a request's log line: the believed address, and the peer when a proxy vouched for it."""
+    identity: Identity | None = getattr(handler, "identity", None)
+    if identity is not None and identity.address != identity.peer:
+        return f"{identity.address} via {identity.peer}"
+    return handler.request.remote_ip
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", errors="replace")).digest()
+
+
+def _plain_address(hop: str) -> str | None:
+    """An address from a forwarding header entry (``1.2.3.4``, ``1.2.3.4:5678``, ``[2001:db8::1]:80``), or None."""
+    hop = hop.strip()
+    if hop.startswith("["):
+        hop = hop[1:].partition("]")[0]
+    elif hop.count(":") == 1:
+        hop = hop.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        return None

@@ -13,7 +13,6 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketP
 import protocol
 from handlers.context import ServiceContext
 from handlers.drain import SERVICE_RESTART, SERVICE_RESTART_TEXT
-from handlers.identity import client_of
 from handlers.limits import RequestBudget
 from jobs.states import MISSING, JobState
 from protocol import ErrorCode, FactorialRequest, ProtocolError, Request, ResultRequest
@@ -31,6 +30,21 @@ class FactorialSocket(WebSocketHandler):
         # Metrics: when this connection first asked for each job it waits for.
         self._asked_at: dict[str, float] = {}
         self._closing_when_answered = False
+
+    def prepare(self) -> None:
+        """Tell who this is before the handshake; a wrong or missing API key is refused here."""
+        try:
+            self.identity = self.context.identifier.identify(self.request)
+        except ProtocolError as err:
+            self.refuse(401, err)
+
+    def refuse(self, status: int, err: ProtocolError) -> None:
+        """Answer the handshake with an HTTP error whose body is the protocol's error message."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        if status == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="factorial"')
+        self.finish(protocol.error(err))
 
     def check_origin(self, origin: str) -> bool:
         """Accept handshakes from the server's own pages and the configured origins.
@@ -57,7 +71,7 @@ class FactorialSocket(WebSocketHandler):
 
     def open(self) -> None:
         # The name fair share counts this connection's requests under.
-        self.client = client_of(self.request.remote_ip)
+        self.client = self.identity.client
         self.set_nodelay(True)
         self.context.metrics.connection_opened()
         self.context.drain.opened(self)

@@ -1,6 +1,21 @@
-"""A client's name: its IPv4 address, or its IPv6 /64."""
+"""Who a request comes from: peer addresses, trusted proxies' headers, API keys; and that keys stay out of logs."""
 
-from handlers.identity import client_of
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import quote
+
+import pytest
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
+
+from handlers.identity import ClientIdentifier, client_of, without_api_key
+from protocol import ErrorCode, ProtocolError
+from settings import Settings, SettingsError
+from tests.helpers import Client
+
+KEY = "k3y-Of-alice/with+odd=chars/"
 
 
 def test_ipv4_peer_is_its_own_client():
@@ -20,3 +35,133 @@ def test_ipv4_mapped_ipv6_is_the_ipv4_client():
 def test_unparseable_peer_keeps_its_text():
     assert client_of("unix-socket") == "unix-socket"
     assert client_of("") == "unknown"
+
+
+# --- proxies -------------------------------------------------------------------------
+
+def _request(peer: str, uri: str, headers: dict) -> HTTPServerRequest:
+    req = HTTPServerRequest(start_line=RequestStartLine("GET", uri, "HTTP/1.1"), headers=HTTPHeaders(Host="svc"))
+    for name, value in headers.items():
+        for one in value if isinstance(value, list) else [value]:
+            req.headers.add(name.replace("_", "-"), one)
+    req.remote_ip = peer
+    return req
+
+
+TRUSTING = ClientIdentifier(Settings(trusted_proxies=("127.0.0.1", "198.18.5.0/24")))
+
+
+@pytest.mark.parametrize("peer, headers, address", [
+    # Not a trusted proxy: its headers are ignored, whatever they say.
+    ("198.18.0.9", {"X-Forwarded-For": "198.18.7.7"}, "198.18.0.9"),
+    ("198.18.0.9", {"X-Real-IP": "198.18.7.7"}, "198.18.0.9"),
+    # A trusted proxy: the right-most address that is not a proxy.
+    ("127.0.0.1", {"X-Forwarded-For": "198.18.7.7"}, "198.18.7.7"),
+    ("127.0.0.1", {"X-Forwarded-For": "203.0.113.66, 198.18.7.7, 198.18.5.3"}, "198.18.7.7"),
+    ("127.0.0.1", {"X-Forwarded-For": ["203.0.113.66", "198.18.7.7"]}, "198.18.7.7"),
+    ("127.0.0.1", {"X-Forwarded-For": "198.18.7.7:4711"}, "198.18.7.7"),
+    ("127.0.0.1", {"X-Forwarded-For": "[2001:db8::5]:443"}, "2001:db8::5"),
+    # Garbage where the client should be: the proxy that passed it on.
+    ("127.0.0.1", {"X-Forwarded-For": "198.18.7.7, not-an-address, 198.18.5.3"}, "198.18.5.3"),
+    ("127.0.0.1", {"X-Forwarded-For": "198.18.5.3, 198.18.5.4"}, "198.18.5.3"),
+    ("127.0.0.1", {"X-Real-IP": "198.18.7.8"}, "198.18.7.8"),
+    ("127.0.0.1", {"X-Real-IP": "nonsense"}, "127.0.0.1"),
+    ("127.0.0.1", {}, "127.0.0.1"),
+    ("::ffff:127.0.0.1", {"X-Forwarded-For": "198.18.7.7"}, "198.18.7.7"),
+])
+def test_forwarded_addresses_are_believed_only_from_trusted_proxies(peer, headers, address):
+    identity = TRUSTING.identify(_request(peer, "/ws", headers))
+    assert identity.address == address and identity.peer == peer
+    assert identity.client == client_of(address)
+
+
+def test_without_trusted_proxies_nobody_is_believed():
+    identity = ClientIdentifier(Settings()).identify(_request("127.0.0.1", "/ws", {"X-Forwarded-For": "198.18.7.7"}))
+    assert identity.client == "127.0.0.1"
+
+
+# --- keys ----------------------------------------------------------------------------
+
+KEYED = ClientIdentifier(Settings(api_keys=(f"alice:{KEY}", "bob:other-key")))
+REQUIRED = ClientIdentifier(Settings(api_keys=(f"alice:{KEY}",), api_keys_required=True))
+
+
+@pytest.mark.parametrize("uri, headers", [
+    ("/ws", {"X-API-Key": KEY}),
+    ("/ws", {"Authorization": f"Bearer {KEY}"}),
+    ("/ws?api_key=" + quote(KEY, safe=""), {}),
+])
+def test_a_key_names_the_client_wherever_it_connects_from(uri, headers):
+    req = _request("198.18.0.9", uri, headers)
+    assert KEYED.identify(req).client == "key:alice"
+    assert KEY not in req.uri and "api_key" not in req.query_arguments
+
+
+def test_a_wrong_key_is_refused_even_when_keys_are_optional():
+    with pytest.raises(ProtocolError) as caught:
+        KEYED.identify(_request("198.18.0.9", "/ws", {"X-API-Key": "guess"}))
+    assert caught.value.code == ErrorCode.UNAUTHORIZED and "guess" not in caught.value.text
+
+
+def test_without_a_key_the_address_is_the_client_unless_keys_are_required():
+    assert KEYED.identify(_request("198.18.0.9", "/ws", {})).client == "198.18.0.9"
+    with pytest.raises(ProtocolError, match="API key is required"):
+        REQUIRED.identify(_request("198.18.0.9", "/ws", {}))
+
+
+def test_the_key_parameter_is_cut_from_uris_and_nothing_else():
+    assert without_api_key("/ws?api_key=s3cret&x=1") == "/ws?x=1"
+    assert without_api_key("/ws?x=1") == "/ws?x=1"
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"TRUSTED_PROXIES": "127.0.0.1, proxy.example"}, "TRUSTED_PROXIES"),
+    ({"API_KEYS": "alice:ok,nameless"}, "API_KEYS"),
+    ({"API_KEYS_REQUIRED": "true"}, "API_KEYS_REQUIRED"),
+])
+def test_bad_identity_settings_name_the_variable_and_never_a_key(env, variable):
+    with pytest.raises(SettingsError, match=variable) as caught:
+        Settings.from_env(env)
+    assert "nameless" not in str(caught.value)
+
+
+def test_keys_keep_every_character_of_the_environment():
+    s = Settings.from_env({"API_KEYS": f"alice:{KEY}, bob:x", "TRUSTED_PROXIES": "10.0.0.0/8"})
+    assert s.api_keys == (f"alice:{KEY}", "bob:x") and s.trusted_proxies == ("10.0.0.0/8",)
+
+
+# --- end to end ----------------------------------------------------------------------
+
+@pytest.fixture
+def settings(redis_url):
+    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2,
+                    trusted_proxies=("127.0.0.1",), api_keys=(f"alice:{KEY}",))
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_wrong_key_gets_401_with_the_protocols_error_at_the_handshake_and_on_the_api(
+        ws_url, http_client, base_url, caplog):
+    caplog.set_level(logging.INFO, logger="tornado.access")
+    with pytest.raises(HTTPClientError) as caught:
+        await Client.connect(HTTPRequest(ws_url + "?api_key=wrong-secret"))
+    assert caught.value.code == 401
+    response = await http_client.fetch(base_url + "/api/factorial?api_key=wrong-secret", method="POST",
+                                       body='{"number": 5}', raise_error=False)
+    assert response.code == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
+    body = json.loads(response.body)
+    assert body["type"] == "error" and body["code"] == "unauthorized" and body["result"]
+    assert "401" in caplog.text and "wrong-secret" not in caplog.text
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_access_log_names_the_forwarded_client_and_never_the_key(ws_url, caplog):
+    caplog.set_level(logging.INFO, logger="tornado.access")
+    url = ws_url + "?api_key=" + quote(KEY, safe="")
+    client = await Client.connect(HTTPRequest(url, headers={"X-Forwarded-For": "198.18.7.7"}))
+    try:
+        assert (await client.ask({"type": "factorial", "number": 0}))["type"] == "result"
+    finally:
+        client.close()
+    line = next(r.getMessage() for r in caplog.records if r.name == "tornado.access" and "/ws" in r.getMessage())
+    assert line.startswith("101 GET /ws ") and "(198.18.7.7 via 127.0.0.1)" in line
+    assert "k3y" not in caplog.text and "api_key" not in caplog.text
