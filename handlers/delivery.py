@@ -19,6 +19,7 @@ from tornado.ioloop import PeriodicCallback
 
 import protocol
 from jobs.client import OUTAGE_ERRORS, JobClient, spawn
+from jobs.janitor import RUN_EVERY_S
 from jobs.states import FINISHED, STARTED, Event, JobState
 from protocol import ProtocolError
 from settings import Settings
@@ -52,6 +53,8 @@ class ResultDelivery:
         self._cursor: str | None = None
         self._next_sweep = 0.0
         self._retry_at = 0.0
+        self._recovery: asyncio.Future | None = None
+        self._next_recovery = 0.0
         self._callback = PeriodicCallback(self._tick, 1)
 
     # --- the API the handlers use -------------------------------------------
@@ -98,6 +101,7 @@ class ResultDelivery:
 
     async def _tick(self) -> None:
         now = time.monotonic()
+        self._recover_orphans(now)
         if now < self._retry_at:
             return
         try:
@@ -117,6 +121,14 @@ class ResultDelivery:
             log.exception("Delivery tick failed; retrying in %.1f s", RETRY_AFTER_S)
             self.jobs.on_internal_error("delivery")
             self._retry_at = time.monotonic() + RETRY_AFTER_S
+
+    def _recover_orphans(self, now: float) -> None:
+        """Every server takes part in recovering jobs whose worker died: when every
+        worker is gone, the servers, where the clients wait, still answer them."""
+        if now < self._next_recovery or (self._recovery is not None and not self._recovery.done()):
+            return
+        self._next_recovery = now + RUN_EVERY_S
+        self._recovery = spawn(self.jobs.recover_orphans(), "Recovering orphaned jobs")
 
     def _remember(self, found: list[Event]) -> None:
         now = time.monotonic()

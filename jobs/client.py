@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.outage import OutageLog
+from jobs.janitor import Janitor
 from jobs.states import FINISHED, Event, JobState
 from jobs.store import JobStore
 from protocol import ErrorCode, ProtocolError
@@ -70,6 +71,9 @@ class JobClient:
         # way at once. Event reads block in Redis, so they get a thread of their own.
         self._executor = ThreadPoolExecutor(2, thread_name_prefix="redis")
         self._events_executor = ThreadPoolExecutor(1, thread_name_prefix="redis-events")
+        # Orphan recovery may wait on a paused Redis: never in the way of requests.
+        self._janitor = Janitor(store.redis)
+        self._janitor_executor = ThreadPoolExecutor(1, thread_name_prefix="redis-janitor")
         self._submits: list[tuple[int, asyncio.Future]] = []
         self._lookups: list[tuple[str, asyncio.Future]] = []
         self._flushing = False
@@ -78,6 +82,7 @@ class JobClient:
         """Drop work not started; wait for the round trips under way, so none lands later."""
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._events_executor.shutdown(wait=True, cancel_futures=True)
+        self._janitor_executor.shutdown(wait=True, cancel_futures=True)
 
     # --- batched requests ---------------------------------------------------
 
@@ -163,6 +168,19 @@ class JobClient:
         # is fetched by the caller, so a stale view costs a round trip, not a result.
         finished = [e.task_id for e in found if e.state == FINISHED and e.task_id in waiting]
         return cursor, found, self.store.payloads(finished)
+
+    def recover_orphans(self) -> Awaitable[None]:
+        """This process's turn at recovering jobs whose worker died (jobs/janitor.py); never fails."""
+        return asyncio.get_running_loop().run_in_executor(self._janitor_executor, self._recover_orphans)
+
+    def _recover_orphans(self) -> None:
+        try:
+            self._janitor.run_once()
+        except OUTAGE_ERRORS:
+            pass  # the delivery loop reports outages
+        except Exception:  # noqa: BLE001 - a bug here must not stop deliveries
+            log.exception("Orphan recovery failed")
+            self.on_internal_error("janitor")
 
     def run(self, fn: Callable[..., T], *args) -> Awaitable[T]:
         """Run a blocking call (Redis) on this client's threads, never on the IOLoop."""

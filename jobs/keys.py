@@ -31,3 +31,25 @@ def batch_members(job_id: str) -> str:
     take one member out of a batch that has not started.
     """
     return f"factorial:batch:{job_id}"
+
+
+# Names of the workers that keep an alive key (jobs.worker.LaneWorker): only
+# their jobs are judged by it; a stock ``rq worker`` keeps none.
+BEATING_WORKERS = "factorial:beating-workers"
+# Held by whichever process runs the orphan recovery this round (jobs/janitor.py).
+JANITOR_LOCK = "factorial:janitor-lock"
+
+
+def worker_alive(worker_name: str) -> str:
+    """Exists while the worker ``worker_name`` beats; Redis expires it when the beats stop."""
+    return f"factorial:alive:{worker_name}"
+
+
+def unstarted(job_id: str) -> str:
+    """Set when a job was first seen taken off its queue but not started; its TTL measures how long ago."""
+    return f"factorial:unstarted:{job_id}"
+
+
+def requeues(job_id: str) -> str:
+    """How often a job was put back on its queue after losing its worker."""
+    return f"factorial:requeues:{job_id}"

@@ -8,16 +8,13 @@ number of jobs it handles (pipelines and ``enqueue_many``).
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from dataclasses import dataclass
 
 from redis import Redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Callback, Queue
 from rq.job import Job, JobStatus
 from rq.utils import now as rq_now
-from rq.utils import utcparse
 
 from jobs import events, keys, scripts
 from jobs.states import FAILED, FINISHED, MISSING, QUEUED, STARTED, Event, JobState
@@ -34,12 +31,7 @@ ON_FAILURE = Callback("jobs.events.on_failure")
 # stale entry is harmless, since the job's own state is checked before reuse.
 INDEX_SLACK_S = 24 * 3600
 
-# A job still "started" this long after its time limit has lost its worker:
-# jobs.worker.LaneWorker ends an overrunning job HORSE_GRACE_S (0.5 s) after it.
-OVERDUE_SLACK_S = 1.0
-WORKER_LOST_TEXT = "the job failed: the worker running it stopped responding"
-
-_JOB_FIELDS = ("status", "origin", "started_at", "timeout")
+_JOB_FIELDS = ("status", "origin")
 
 # RQ states that mean "not running yet" to a client.
 _WAITING_STATES = {"queued", "deferred", "scheduled", "created"}
@@ -69,21 +61,16 @@ class JobStore:
         One round trip, a Lua script (jobs/lua/submit.lua), whatever the number
         of requests: it reads each number's index entry and claims it for a new
         job in one atomic step, so however many servers get a number at once,
-        it gets one job. A second round trip only for a job found running past
-        its time limit (its worker died): the script then replaces it, if no
-        one else has meanwhile.
+        it gets one job. A started job is shared as it is: if its worker dies,
+        the janitor (jobs/janitor.py) fails it within seconds, and the next
+        request for the number gets a new job.
         """
         wanted = list(dict.fromkeys(numbers))
         if not wanted:
             return {}
-        answers = self._claim([(number, "") for number in wanted])
-        overdue = [(n, state.task_id) for n, state in answers.items()
-                   if isinstance(state, _Running) and _overdue(state.started_at, state.timeout)]
-        if overdue:
-            answers.update(self._claim(overdue))
-        return {n: (state.job_state() if isinstance(state, _Running) else state) for n, state in answers.items()}
+        return self._claim([(number, "") for number in wanted])
 
-    def _claim(self, numbers: list[tuple[int, str]]) -> dict[int, "JobState | ProtocolError | _Running"]:
+    def _claim(self, numbers: list[tuple[int, str]]) -> dict[int, JobState | ProtocolError]:
         """Run the submit script for (number, stale task id or "") pairs."""
         by_queue: dict[str, list[tuple[int, str]]] = {name: [] for name in self.queues}
         for number, stale in numbers:
@@ -101,18 +88,16 @@ class JobStore:
         }
         flat = self._run_submit_script([json.dumps(spec), *fields])
         members = [int(m[0]) for job in jobs for m in job["members"]]
-        answers: dict[int, JobState | ProtocolError | _Running] = {}
+        answers: dict[int, JobState | ProtocolError] = {}
         for i, number in enumerate(members):
             reply = flat[6 * i : 6 * i + 6]
             task_id, status, queue = (value.decode() for value in reply[:3])
-            payload, started_at, timeout = reply[3:]
+            payload = reply[3]
             if status == "busy":
                 answers[number] = ProtocolError(
                     ErrorCode.BUSY,
                     f"the {queue} queue is full ({self.settings.max_queue_length} jobs); please retry later",
                 )
-            elif status == STARTED:
-                answers[number] = _Running(task_id, queue, started_at, timeout)
             else:
                 answers[number] = JobState(task_id, status, queue, payload or None)
         return answers
@@ -217,19 +202,15 @@ class JobStore:
         return {t: self._state(t, job_ids[t], payloads[t], fields[t]) for t in task_ids}
 
     def _state(self, task_id: str, job_id: str, payload: bytes | None, fields: list) -> JobState:
-        status, origin, started_at, timeout = fields
+        status, origin = fields
         queue = origin.decode() if origin else ""
         status = status.decode() if status else ""
         if payload:
             return JobState(task_id, FINISHED, queue, payload)
         if status in _WAITING_STATES:
             return JobState(task_id, QUEUED, queue)
-        if status == STARTED and _overdue(started_at, timeout):
-            # Its worker died with it (nobody else fails it for minutes):
-            # report it failed, so waiting clients hear and a new request
-            # for the same number starts a new job.
-            return JobState(task_id, FAILED, queue, error=ProtocolError(
-                ErrorCode.JOB_FAILED, WORKER_LOST_TEXT, task_id=task_id))
+        # A job whose worker died is failed or requeued in Redis by the janitor
+        # (jobs/janitor.py): its status here is what will happen to it.
         if status == STARTED:
             return JobState(task_id, STARTED, queue)
         if status in ("failed", "stopped", "canceled"):
@@ -274,37 +255,6 @@ class JobStore:
                     )
                 )
         return cursor, found
-
-
-def _overdue(started_at: bytes | None, timeout: bytes | None) -> bool:
-    """Whether a started job has run past its time limit plus OVERDUE_SLACK_S.
-
-    Compares the worker's clock (RQ's ``started_at``, UTC) with this one's, so
-    the hosts' clocks must agree to well within a second (NTP).
-    """
-    if not started_at or not timeout:
-        return False
-    try:
-        limit = float(timeout)
-        started = utcparse(started_at.decode())
-    except ValueError:
-        return False
-    if limit <= 0:
-        return False
-    return time.time() - started.timestamp() > limit + OVERDUE_SLACK_S
-
-
-@dataclass(frozen=True)
-class _Running:
-    """A shared job the submit script found running: checked for overrun before it is reused."""
-
-    task_id: str
-    queue: str
-    started_at: bytes
-    timeout: bytes
-
-    def job_state(self) -> JobState:
-        return JobState(self.task_id, STARTED, self.queue)
 
 
 def _chunks(items: list, size: int) -> list[list]:

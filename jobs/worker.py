@@ -15,6 +15,19 @@ past its limit. Here the parent waits for the horse until that deadline and kill
 job's end, so its client hears ``timeout`` at once and the worker moves on.
 A horse that dies any other way (SIGKILL, out of memory) gets its failure
 event published here too, since RQ runs no failure callback for it.
+
+Where RQ's work loop meets an unreachable Redis outside its wait for a job,
+it ends the process ("found an unhandled exception, quitting"). Here the
+calls that only report the worker's own state (heartbeats, state, the
+suspension check, maintenance) log the outage and go on, and a job that an
+outage interrupted is settled once Redis answers again: left alone if its
+end was recorded, else put back at the front of its queue (a factorial is
+safe to compute twice), so its client still gets the answer. The worker keeps
+its process throughout and takes its next job when Redis is back.
+
+A thread (jobs/liveness.py) keeps the worker's alive key, which Redis expires
+ALIVE_TTL_S after the worker's last beat; the janitor (jobs/janitor.py) uses
+it to recover the jobs of workers that died.
 """
 
 from __future__ import annotations
@@ -27,9 +40,12 @@ import time
 
 from rq.job import Job
 from rq.queue import Queue
-from rq.worker import SimpleWorker, Worker
+from rq.worker import SimpleWorker, Worker, WorkerStatus
 
 from jobs import events
+from jobs.client import OUTAGE_ERRORS
+from jobs.janitor import REQUEUES_EXHAUSTED_REASON, Janitor, fail, put_back
+from jobs.liveness import Heartbeat
 from jobs.routing import SOFT
 
 # A horse still running this long after its job's time limit is killed.
@@ -39,18 +55,126 @@ HORSE_POLL_S = 0.05
 # Stored as the failure of an overrunning job: events.describe_failure_text
 # maps the name JobTimeoutException to the protocol's ``timeout``.
 OVERRUN_TEXT = "rq.timeouts.JobTimeoutException: Job exceeded its {timeout} s time limit; work horse killed"
+# Waiting for Redis to answer again: the first pause and the longest, seconds.
+RECONNECT_FIRST_S = 0.25
+RECONNECT_MAX_S = 4.0
 
 
 class LaneWorker(Worker):
+    # RQ's wait for a job retries an unreachable Redis after 1 s, doubling the
+    # pause up to this (RQ's default is 60 s: a minute of idling after an outage).
+    max_connection_wait_time = RECONNECT_MAX_S
+
     _horse_deadline: float | None = None
     _overran_job_id: str | None = None
     _killed_job_id: str | None = None
+    _beats: Heartbeat | None = None
+    _job_began = 0.0
+    _last_outage = -1.0
+
+    # --- alive key ---------------------------------------------------------------
+
+    def register_birth(self) -> None:
+        super().register_birth()
+        self._beats = Heartbeat(self.connection, self.name, Janitor(self.connection))
+        self._beats.start()
+
+    def register_death(self) -> None:
+        if self._beats is not None:
+            self._tolerating_outage(self._beats.stop)
+        self._tolerating_outage(super().register_death)
+
+    # --- going on through a Redis outage -----------------------------------------
+
+    def _tolerating_outage(self, call, *args, **kwargs):
+        try:
+            return call(*args, **kwargs)
+        except OUTAGE_ERRORS as exc:
+            self._last_outage = time.monotonic()
+            self.log.warning("Redis unreachable during %s (%s); going on", call.__name__, exc)
+            return None
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        if pipeline is not None:  # queued on a pipeline: no round trip here
+            return super().heartbeat(timeout, pipeline)
+        return self._tolerating_outage(super().heartbeat, timeout)
+
+    def set_state(self, state, pipeline=None):
+        if pipeline is not None:
+            return super().set_state(state, pipeline)
+        return self._tolerating_outage(super().set_state, state)
+
+    def check_for_suspension(self, burst: bool):
+        return self._tolerating_outage(super().check_for_suspension, burst)
+
+    def run_maintenance_tasks(self):
+        return self._tolerating_outage(super().run_maintenance_tasks)
+
+    def maintain_heartbeats(self, job: Job, execution):
+        # Called while the horse runs: an outage must not end the watch on it.
+        return self._tolerating_outage(super().maintain_heartbeats, job, execution)
+
+    def _outage_during_job(self) -> bool:
+        beats_missed = self._beats is not None and self._beats.outage_since(self._job_began)
+        return beats_missed or self._last_outage >= self._job_began
+
+    def wait_for_redis(self) -> None:
+        """Return once Redis answers, pausing longer after each failed try (up to RECONNECT_MAX_S).
+
+        Unbounded on purpose: a worker without its Redis has nothing else to do,
+        and a supervisor that restarted it would only wait the same way.
+        """
+        pause = RECONNECT_FIRST_S
+        while True:
+            try:
+                self.connection.ping()
+                return
+            except OUTAGE_ERRORS as exc:
+                self.log.warning("Redis unreachable (%s); trying again in %.2f s", exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, RECONNECT_MAX_S)
+
+    def settle_interrupted(self, job: Job, queue: Queue, entry: str = "") -> None:
+        """After an outage during ``job`` (its horse gone): put it back unless its end was recorded."""
+        self.wait_for_redis()
+        if not entry:
+            prefix = f"{job.id}:"
+            entries = [e.decode() for e in self.connection.zrange(queue.started_job_registry.key, 0, -1)]
+            entry = next((e for e in entries if e.startswith(prefix)), "")
+        outcome = put_back(self.connection, queue, job.id, entry, own=True)
+        if outcome == "requeued":
+            self.log.warning("Job %s was interrupted by a Redis outage; requeued at the front of %s",
+                             job.id, queue.name)
+        elif outcome == "exhausted":
+            fail(self.connection, job.id, REQUEUES_EXHAUSTED_REASON)
+
+    # --- running a job -------------------------------------------------------------
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        if queue.name == SOFT:
-            SimpleWorker.execute_job(self, job, queue)
-        else:
-            super().execute_job(job, queue)
+        self._job_began = time.monotonic()
+        try:
+            if queue.name == SOFT:
+                SimpleWorker.execute_job(self, job, queue)
+            else:
+                super().execute_job(job, queue)
+        except OUTAGE_ERRORS as exc:
+            self._last_outage = time.monotonic()
+            self.log.warning("Redis unreachable while running job %s (%s)", job.id, exc)
+            self._end_horse()
+            self.settle_interrupted(job, queue)
+            self.set_state(WorkerStatus.IDLE)
+            return
+        if self._outage_during_job():
+            # Its end may not have reached Redis (RQ logs a failed write and goes on).
+            self.settle_interrupted(job, queue)
+
+    def _end_horse(self) -> None:
+        """Make sure no horse still runs the job before it is put back."""
+        if not self.horse_pid:
+            return
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.killpg(self.horse_pid, signal.SIGKILL)
+            os.waitpid(self.horse_pid, 0)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         if job.origin == SOFT:
@@ -59,7 +183,9 @@ class LaneWorker(Worker):
         return super().get_heartbeat_ttl(job, working_time)
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        super().prepare_job_execution(job, remove_from_intermediate_queue)
+        # Always: RQ removes a job from its intermediate list only for one-queue
+        # workers, and a job left there after it started would look orphaned.
+        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
         if job.origin != SOFT:
             # Hard jobs run long enough for a client to care that they started.
             events.publish(self.connection, job, events.STARTED)
@@ -79,6 +205,12 @@ class LaneWorker(Worker):
         RQ calls this under its own SIGALRM of ``job_monitoring_interval``
         (heartbeats happen between calls), so it may be interrupted and called
         again; the deadline stays the one set at fork time.
+
+        The one override of RQ's horse watch: RQ has no hook to end an
+        overrunning horse sooner than 60 s past its limit, and this relies on
+        RQ's ``monitor_work_horse`` waiting through this method and treating a
+        killed horse as a failed job (handle_work_horse_killed, then
+        handle_job_failure). tests/jobs/test_worker.py fails if RQ stops doing so.
         """
         if not self.horse_pid:
             # No horse: wait4(0) would mean "any child", and killing would hit our own group.
@@ -92,7 +224,7 @@ class LaneWorker(Worker):
                 deadline = self._horse_deadline
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is None or remaining > 0:
-                    self._sleep_until_horse_exits(remaining)
+                    wait_for_exit(self.horse_pid, remaining)
                     continue
                 self.log.warning("Job %s overran its time limit; killing its work horse", self._horse_job_id)
                 self._overran_job_id = self._horse_job_id
@@ -100,22 +232,6 @@ class LaneWorker(Worker):
                 self._horse_deadline = None
                 return os.wait4(self.horse_pid, 0)
             return None, None, None
-
-    def _sleep_until_horse_exits(self, timeout: float | None) -> None:
-        """Return when the horse exits or ``timeout`` seconds pass (None: no limit).
-
-        A pidfd becomes readable when its process exits, so a finished job is
-        noticed at once rather than at the next poll.
-        """
-        try:
-            pidfd = os.pidfd_open(self.horse_pid)
-        except (AttributeError, OSError):  # not Linux >= 5.3, or the horse is already reaped
-            time.sleep(HORSE_POLL_S if timeout is None else min(timeout, HORSE_POLL_S))
-            return
-        try:
-            select.select([pidfd], [], [], timeout)
-        finally:
-            os.close(pidfd)
 
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:
         # Called by RQ's monitor, in the parent, before it fails the job.
@@ -125,6 +241,12 @@ class LaneWorker(Worker):
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string="", execution=None):
         killed = self._killed_job_id == job.id
         overran = killed and self._overran_job_id == job.id
+        if killed and not overran and self._outage_during_job():
+            # The horse could not record its end while Redis was away: run the job
+            # again rather than fail it.
+            self._killed_job_id = None
+            self.settle_interrupted(job, queue, execution.composite_key if execution else "")
+            return
         if overran:
             exc_string = OVERRUN_TEXT.format(timeout=job.timeout)
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
@@ -136,3 +258,20 @@ class LaneWorker(Worker):
                 events.publish(self.connection, job, events.FAILED, code.value, text)
             except Exception:  # noqa: BLE001 - the servers' sweep still finds the failure
                 self.log.exception("Could not publish the failure of job %s", job.id)
+
+
+def wait_for_exit(pid: int, timeout: float | None) -> None:
+    """Return when process ``pid`` exits or ``timeout`` seconds pass (None: no limit).
+
+    A pidfd becomes readable when its process exits, so a finished job is
+    noticed at once rather than at the next poll.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3, or the process is already reaped
+        time.sleep(HORSE_POLL_S if timeout is None else min(timeout, HORSE_POLL_S))
+        return
+    try:
+        select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)

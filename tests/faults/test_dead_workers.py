@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from jobs.store import WORKER_LOST_TEXT
+from jobs.janitor import WORKER_LOST_REASON
 from settings import Settings
 from tests.conftest import WorkerProcess
 from tests.helpers import Client, async_wait_until, wait_until
 
 log = logging.getLogger(__name__)
 BIG = 20_000_000
+WORKER_LOST_TEXT = f"the job failed: {WORKER_LOST_REASON}"
 
 pytestmark = pytest.mark.slow
 
@@ -127,16 +128,16 @@ async def test_a_killed_work_horse_is_reported_at_once(settings, ws_url, lane_wo
 
 
 @pytest.mark.gen_test(timeout=90)
-@pytest.mark.parametrize("settings", [2], indirect=True)
-async def test_a_killed_worker_is_reported_after_its_time_limit_and_others_proceed(
+@pytest.mark.parametrize("settings", [60], indirect=True)
+async def test_a_killed_worker_is_reported_within_seconds_whatever_its_time_limit(
         settings, app, ws_url, redis_url, lane_worker, redis_client):
     client = await Client.connect(ws_url)
     ack = await client.ask({"type": "factorial", "number": BIG})
     await _started(client)
-    asked = time.monotonic()
     # The whole machine dies: the worker first (so it cannot report), then its horse.
     horses = children(lane_worker.process.pid)
     lane_worker.process.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
     lane_worker.process.wait()
     for horse in horses:
         _kill(horse)
@@ -145,12 +146,14 @@ async def test_a_killed_worker_is_reported_after_its_time_limit_and_others_proce
     queued = await other.ask({"type": "factorial", "number": 4000})
     assert queued["status"] == "queued"
 
-    error = await _until_end(client, 10)
-    told_after = time.monotonic() - asked
-    log.info("worker SIGKILLed during 20000000! (limit 2 s): client told %.2f s after the start", told_after)
+    error = await _until_end(client, 15)
+    told_after = time.monotonic() - killed
+    log.info("whole worker SIGKILLed during 20000000! (limit 60 s): client told %.2f s after the kill", told_after)
     assert error == {"type": "error", "code": "job_failed", "result": WORKER_LOST_TEXT, "task_id": ack["task_id"]}
-    assert told_after < 2 + 2
-    assert redis_client.hget(f"rq:job:{ack['task_id']}", "status") == b"started"  # RQ cleans it up later
+    assert told_after < 10
+    # The failure is in Redis, as RQ records one, not only in what the server said.
+    assert redis_client.hget(f"rq:job:{ack['task_id']}", "status") == b"failed"
+    assert redis_client.zcard("rq:wip:hard") == 0
 
     # A new request for the same number does not share the dead job.
     retry = await client.ask({"type": "factorial", "number": BIG, "ref": "again"})

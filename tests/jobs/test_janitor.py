@@ -1,0 +1,142 @@
+"""The janitor on a real Redis: the states a dying worker leaves behind, made with RQ's own calls."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from rq import Queue
+from rq.executions import Execution
+from rq.job import Job
+
+from jobs import janitor, keys
+from jobs.janitor import Janitor
+from jobs.states import FAILED, QUEUED
+from jobs.store import JobStore
+from settings import Settings
+from tests.helpers import wait_until
+
+DEAD = "dead-worker"
+ALIVE = "live-worker"
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch):
+    """Trust and grace of a tenth of their real length, so each test takes well under a second."""
+    monkeypatch.setattr(janitor, "TRUST_AFTER_S", 0.3)
+    monkeypatch.setattr(janitor, "UNSTARTED_GRACE_S", 0.3)
+
+
+@pytest.fixture
+def store(redis_client, redis_url):
+    return JobStore(redis_client, Settings(redis_url=redis_url))
+
+
+def trusted_janitor(redis_client) -> Janitor:
+    sweeper = Janitor(redis_client)
+    # Until it trusts Redis, a round only measures the round trip.
+    wait_until(lambda: sweeper.trusted or sweeper.run_once(), timeout=5, what="the janitor's trust")
+    return sweeper
+
+
+def run(sweeper: Janitor) -> janitor.Recovery:
+    """One round, waiting for the lock of the previous round to lapse."""
+    return wait_until(lambda: sweeper.run_once(), timeout=5, what="a janitor round")
+
+
+def take(redis_client, queue_name: str) -> str:
+    """What RQ's one-queue worker does when it takes a job: move it to the intermediate list."""
+    queue = Queue(queue_name, connection=redis_client)
+    return redis_client.lmove(queue.key, queue.intermediate_queue_key).decode()
+
+
+def start(redis_client, job_id: str, worker: str, beating: bool = True, alive: bool = True) -> Execution:
+    """What a worker and its horse write when a job starts (RQ's calls), for a worker that beats or not."""
+    job = Job.fetch(job_id, connection=redis_client)
+    with redis_client.pipeline() as pipe:
+        execution = Execution.create(job, 60, pipeline=pipe, worker_name=worker)
+        job.prepare_for_execution(worker, pipeline=pipe)
+        if beating:
+            pipe.sadd(keys.BEATING_WORKERS, worker)
+        if alive:
+            pipe.set(keys.worker_alive(worker), 1, px=60_000)
+        pipe.execute()
+    redis_client.lrem(Queue(job.origin, connection=redis_client).intermediate_queue_key, 0, job_id)
+    return execution
+
+
+def test_a_job_taken_but_never_started_goes_back_to_the_front_of_its_queue(store, redis_client, monkeypatch):
+    monkeypatch.setattr(janitor, "UNSTARTED_GRACE_S", 1.5)  # longer than a round's lock
+    first = store.submit([2000])[2000].task_id
+    second = store.submit([2001])[2001].task_id
+    sweeper = trusted_janitor(redis_client)
+    assert take(redis_client, "hard") == first
+    seen = time.monotonic()
+    assert run(sweeper).requeued == []  # first sight: a live worker may be about to start it
+    recovery = wait_until(lambda: (found := sweeper.run_once()) and found.requeued and found,
+                          timeout=5, what="the requeue")
+    assert recovery.requeued == [first]
+    assert time.monotonic() - seen >= janitor.UNSTARTED_GRACE_S
+    assert redis_client.lrange("rq:queue:hard", 0, -1) == [first.encode(), second.encode()]
+    assert redis_client.llen("rq:queue:hard:intermediate") == 0
+    assert store.states([first])[first].status == QUEUED
+
+
+def test_a_started_job_whose_worker_stopped_beating_fails_and_its_end_is_published(store, redis_client):
+    task_id = store.submit([3000])[3000].task_id
+    take(redis_client, "hard")
+    execution = start(redis_client, task_id, DEAD, alive=False)
+    recovery = run(trusted_janitor(redis_client))
+    assert recovery.failed == [task_id] and recovery.requeued == []
+    state = store.states([task_id])[task_id]
+    assert state.status == FAILED and state.error.code.value == "job_failed"
+    assert state.error.text == "the job failed: the worker running it stopped responding"
+    assert redis_client.zscore("rq:wip:hard", execution.composite_key) is None
+    assert task_id.encode() in redis_client.zrange("rq:failed:hard", 0, -1)
+    _, events = store.read_events("0-0", 0)
+    assert [(e.task_id, e.state, e.code) for e in events] == [(task_id, FAILED, "job_failed")]
+    # Its worker had no job left: it is forgotten.
+    assert not redis_client.sismember(keys.BEATING_WORKERS, DEAD)
+
+
+def test_a_job_registered_by_a_worker_that_died_before_its_horse_started_it_is_requeued(store, redis_client):
+    task_id = store.submit([3001])[3001].task_id
+    take(redis_client, "hard")
+    job = Job.fetch(task_id, connection=redis_client)
+    with redis_client.pipeline() as pipe:  # the worker's part only: the horse never ran
+        Execution.create(job, 60, pipeline=pipe, worker_name=DEAD)
+        pipe.sadd(keys.BEATING_WORKERS, DEAD)
+        pipe.execute()
+    recovery = run(trusted_janitor(redis_client))
+    assert recovery.requeued == [task_id] and recovery.failed == []
+    assert redis_client.lrange("rq:queue:hard", 0, -1) == [task_id.encode()]
+    assert redis_client.zcard("rq:wip:hard") == 0 and redis_client.llen("rq:queue:hard:intermediate") == 0
+
+
+def test_jobs_of_live_workers_and_of_workers_without_an_alive_key_are_left_alone(store, redis_client):
+    live = store.submit([4000])[4000].task_id
+    stock = store.submit([4001])[4001].task_id
+    for task_id, worker, beating in ((live, ALIVE, True), (stock, "stock-rq-worker", False)):
+        take(redis_client, "hard")
+        start(redis_client, task_id, worker, beating=beating, alive=beating)
+    recovery = run(trusted_janitor(redis_client))
+    assert recovery.failed == [] and recovery.requeued == []
+    assert redis_client.zcard("rq:wip:hard") == 2
+
+
+def test_nothing_is_judged_before_the_janitor_has_reached_redis_for_a_whole_alive_ttl(store, redis_client):
+    task_id = store.submit([5000])[5000].task_id
+    take(redis_client, "hard")
+    start(redis_client, task_id, DEAD, alive=False)
+    sweeper = Janitor(redis_client)
+    assert sweeper.run_once() is None and not sweeper.trusted
+    assert store.states([task_id])[task_id].status == "started"
+
+
+def test_a_job_claimed_by_two_janitors_at_once_is_failed_once(store, redis_client):
+    task_id = store.submit([6000])[6000].task_id
+    take(redis_client, "hard")
+    execution = start(redis_client, task_id, DEAD, alive=False)
+    queue = Queue("hard", connection=redis_client)
+    outcomes = [janitor.put_back(redis_client, queue, task_id, execution.composite_key) for _ in range(2)]
+    assert outcomes == ["started", None]
