@@ -1,0 +1,161 @@
+"""handlers/delivery.py on a real Redis with real workers: ends found by event and by sweep,
+subscribers that go away, and a Redis outage it resumes from by itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+
+import pytest
+from redis import Redis
+
+from handlers.delivery import ResultDelivery
+from jobs.client import JobClient
+from jobs.store import JobStore
+from server import connect_redis
+from settings import Settings
+from tests.conftest import RedisServer, WorkerProcess
+from tests.helpers import async_wait_until
+
+
+class Subscriber:
+    """A connection as delivery sees it: frames written, or none when closed."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.frames: list[dict] = []
+        self.closed = False
+
+    def send(self, frame) -> int:
+        if self.closed:
+            return 0
+        self.frames.append(json.loads(frame))
+        return len(frame)
+
+    def __repr__(self) -> str:
+        return f"Subscriber({self.name})"
+
+
+@pytest.fixture
+def make_delivery(io_loop):
+    made = []
+
+    def make(settings: Settings) -> ResultDelivery:
+        jobs = JobClient(JobStore(connect_redis(settings), settings))
+        delivery = ResultDelivery(jobs, settings)
+        made.append(delivery)
+        delivery.start()
+        return delivery
+
+    yield make
+    for delivery in made:
+        delivery.stop()
+        delivery.jobs.close()
+
+
+def settings_for(redis_url: str, **changes) -> Settings:
+    return dataclasses.replace(Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2), **changes)
+
+
+async def acked(delivery: ResultDelivery, number: int) -> str:
+    return (await delivery.jobs.submit(number)).task_id
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_end_is_delivered_by_its_event_when_no_sweep_comes(make_delivery, redis_url):
+    # One sweep at the first tick, then none for an hour: only the event can deliver.
+    delivery = make_delivery(settings_for(redis_url, sweep_interval_s=3600))
+    task_id = await acked(delivery, 3000)
+    subscriber = Subscriber("a")
+    delivery.watch(task_id, subscriber, ref="r")
+    await async_wait_until(lambda: delivery._next_sweep > 0, what="the first sweep")
+
+    worker = WorkerProcess(redis_url).start()
+    try:
+        await async_wait_until(lambda: any(f["type"] == "success" for f in subscriber.frames), timeout=30,
+                               what="the success")
+    finally:
+        worker.stop()
+    success = subscriber.frames[-1]
+    assert success["task_id"] == task_id and success["digits"] == 9131 and success["ref"] == "r"
+    # A start push may come before it (hard jobs announce theirs), and nothing after it.
+    assert [f["type"] for f in subscriber.frames] in (["success"], ["status", "success"])
+    assert delivery.waiting_jobs == 0 and delivery.waiting_subscribers == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_end_without_an_event_is_found_by_the_sweep(make_delivery, redis_url, redis_client):
+    delivery = make_delivery(settings_for(redis_url))
+    task_id = await acked(delivery, 11)  # no worker: it stays queued
+    subscriber = Subscriber("a")
+    delivery.watch(task_id, subscriber, ref=1)
+    # The job vanishes with no event, as when its records expire.
+    for key in redis_client.scan_iter(f"*{task_id}*"):
+        redis_client.delete(key)
+    await async_wait_until(lambda: subscriber.frames, timeout=10, what="the sweep's answer")
+    assert subscriber.frames == [{"type": "error", "code": "unknown_task_id", "task_id": task_id, "ref": 1,
+                                  "result": subscriber.frames[0]["result"]}]
+    assert delivery.waiting_jobs == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_subscriber_gone_gets_nothing_and_the_others_get_one_answer_each(make_delivery, redis_url):
+    delivery = make_delivery(settings_for(redis_url))
+    task_id = await acked(delivery, 12)
+    stays, leaves, closes = Subscriber("stays"), Subscriber("leaves"), Subscriber("closes")
+    delivery.watch(task_id, stays, ref="one")
+    delivery.watch(task_id, stays, ref="two")  # the same job asked twice on one connection
+    delivery.watch(task_id, leaves)
+    delivery.watch(task_id, closes)
+    delivery.forget(leaves)
+    closes.closed = True  # gone without forget: its write finds it closed
+    assert delivery.waits_of(leaves) == 0 and delivery.waits_of(stays) == 1
+
+    worker = WorkerProcess(redis_url).start()
+    try:
+        await async_wait_until(lambda: len(stays.frames) == 2, timeout=30, what="both answers")
+    finally:
+        worker.stop()
+    assert [(f["type"], f["result"], f["ref"]) for f in stays.frames] == [
+        ("success", 479001600, "one"), ("success", 479001600, "two")]
+    assert leaves.frames == [] and closes.frames == []
+    assert delivery.waiting_jobs == 0 and delivery.waiting_subscribers == 0
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = RedisServer(tmp_path / "redis", append_only=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.gen_test(timeout=90)
+async def test_an_outage_is_logged_once_at_each_end_and_delivery_resumes(make_delivery, own_redis, caplog):
+    delivery = make_delivery(settings_for(own_redis.url))
+    task_id = await acked(delivery, 13)
+    subscriber = Subscriber("a")
+    delivery.watch(task_id, subscriber)
+
+    with caplog.at_level(logging.WARNING, logger="jobs.client"):
+        own_redis.stop()
+        await async_wait_until(lambda: delivery.jobs.outage.down, timeout=10, what="the outage to be seen")
+        down_at = time.monotonic()
+        # Delivery keeps trying twice a second; the log does not.
+        await async_wait_until(lambda: time.monotonic() - down_at > 4, timeout=10, what="four seconds")
+        own_redis.start()
+        worker = WorkerProcess(own_redis.url).start()
+        try:
+            await async_wait_until(lambda: subscriber.frames, timeout=30, what="the answer after the outage")
+        finally:
+            worker.stop()
+    assert subscriber.frames == [{"type": "success", "task_id": task_id, "result": 6227020800, "digits": 10}]
+    lines = [r.getMessage() for r in caplog.records if r.name == "jobs.client"]
+    assert lines[0].startswith("Redis unreachable: ")
+    assert lines[-1].startswith("Redis reachable again after ")
+    # Reminders at 1, 3, 7 s: at most three in a little over four seconds.
+    assert 1 <= len([line for line in lines if "still unreachable" in line]) <= 3, lines
+    assert len(lines) <= 5, lines
+    assert not delivery.jobs.outage.down
