@@ -24,7 +24,6 @@ from settings import Settings
 
 FACTORIAL_JOB = "jobs.factorial.factorial"
 BATCH_JOB = events.BATCH_JOB
-ON_SUCCESS = Callback("jobs.events.on_success")
 ON_FAILURE = Callback("jobs.events.on_failure")
 
 # A job's index entry (number -> job id) may outlive the job by this much; a
@@ -147,7 +146,7 @@ class JobStore:
             job_id=job_id,
             description=description,
             status=JobStatus.QUEUED,
-            on_success=ON_SUCCESS,
+            # No success callback: the job functions publish their own end.
             on_failure=ON_FAILURE,
         )
         job.origin = queue_name
@@ -246,14 +245,10 @@ class JobStore:
         for _stream, entries in reply or ():
             for entry_id, fields in entries:
                 cursor = entry_id.decode()
-                found.append(
-                    Event(
-                        fields.get(b"id", b"").decode(),
-                        fields.get(b"state", b"").decode(),
-                        fields.get(b"code", b"").decode(),
-                        fields.get(b"text", b"").decode(errors="replace"),
-                    )
-                )
+                state = fields.get(b"state", b"").decode()
+                code = fields.get(b"code", b"").decode()
+                text = fields.get(b"text", b"").decode(errors="replace")
+                found.extend(Event(task_id, state, code, text) for task_id in events.task_ids_in(fields))
         return cursor, found
 
 
