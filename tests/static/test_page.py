@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import time
 
 import pytest
 
@@ -137,6 +138,29 @@ def test_the_page_reconnects_after_a_restart_and_asks_again_for_every_pending_re
         server.stop()
         if worker:
             worker.stop()
+
+
+def test_the_page_backs_off_while_the_server_is_down(page, redis_url):
+    attempts = []
+    server = ServedApp(redis_url).start()
+    try:
+        page.goto(server.http_url + "/")
+        page.wait_for_selector('#connection[data-state="open"]')
+        page.on("websocket", lambda ws: attempts.append(time.monotonic()))
+        server.stop()
+        page.wait_for_selector('#connection[data-state="closed"]')
+        down_at = time.monotonic()
+        wait_until(lambda: time.monotonic() - down_at > 8 or page.wait_for_timeout(100), timeout=15,
+                   what="eight seconds of the server being down")
+    finally:
+        server.stop()
+    # Pauses of 0.25 s doubling up to 8 s, each cut by up to half at random:
+    # 4 to 6 tries in 8 s, where a fixed 0.25 s pause would make about 30.
+    assert 3 <= len(attempts) <= 7, attempts
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    # Each pause is at least the one before (the jitter never undoes a doubling).
+    assert all(later > earlier - 0.2 for earlier, later in zip(gaps, gaps[1:])), gaps
+    assert gaps[-1] > 1.0, gaps
 
 
 def test_copy_and_download_only_on_success_and_retry_where_it_helps(page, redis_url):
