@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SUBNET = "198.18.7"
+SUBNET_PREFIX = "198.18"
 
 
 def can_run() -> str:
@@ -25,6 +25,16 @@ def can_run() -> str:
     if subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
         return "the ip command cannot list network namespaces"
     return ""
+
+
+def free_subnet(seed: int) -> str:
+    """A 198.18.N /24 no address of this machine is in, so concurrent runs do not share one."""
+    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    for step in range(254):
+        subnet = f"{SUBNET_PREFIX}.{1 + (seed + step) % 254}"
+        if f" {subnet}." not in used:
+            return subnet
+    raise RuntimeError("no free /24 left in 198.18.0.0/16")
 
 
 def ip(*args: str) -> None:
@@ -48,12 +58,6 @@ class Host:
         out = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
 
-    def cut(self) -> None:
-        ip("-n", self.netns, "link", "set", "eth0", "down")
-
-    def heal(self) -> None:
-        ip("-n", self.netns, "link", "set", "eth0", "up")
-
 
 class Lab:
     """A bridge in the root namespace (which acts as the client host, at .1) and hosts on it."""
@@ -61,7 +65,8 @@ class Lab:
     def __init__(self, tag: str):
         self.tag = tag  # keeps names unique between concurrent runs
         self.bridge = f"fb{tag}"
-        self.client_address = f"{SUBNET}.1"
+        self.subnet = free_subnet(int(tag))
+        self.client_address = f"{self.subnet}.1"
         self.hosts: dict[str, Host] = {}
 
     def create(self) -> "Lab":
@@ -73,7 +78,7 @@ class Lab:
     def add_host(self, name: str, last_octet: int) -> Host:
         netns = f"fx{self.tag}-{name}"
         outside = f"fv{self.tag}{last_octet}"
-        host = Host(name, netns, f"{SUBNET}.{last_octet}")
+        host = Host(name, netns, f"{self.subnet}.{last_octet}")
         self.hosts[name] = host
         ip("netns", "add", netns)
         ip("link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", netns)
