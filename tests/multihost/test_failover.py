@@ -11,18 +11,21 @@ a steady pace through HAProxy while, in turn:
 2. web-1's server gets SIGKILL (it is started again after).
 
 Asserted for each: the service accepts new requests again, without
-restarting servers or workers; every acknowledged task (those acknowledged
+restarting servers, workers or rq-dashboard; every acknowledged task (those acknowledged
 just before the fault included) gets exactly one final answer, the right one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import itertools
 import os
 import signal
+import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 
 import pytest
@@ -32,7 +35,7 @@ from redis.sentinel import Sentinel
 from tests.conftest import ROOT
 from tests.deploy.haproxy import HAProxy, haproxy_binary
 from tests.deploy.patient_client import PatientClient
-from tests.helpers import async_wait_until, free_port, wait_until
+from tests.helpers import async_wait_until, free_port, stop_process, wait_until
 from tests.multihost.netns import Lab, can_run
 
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -93,6 +96,14 @@ def replicas_linked(address: str) -> int:
         return sum(1 for key, value in info.items() if key.startswith("slave") and value.get("state") == "online")
     except Exception:
         return 0
+
+
+def dashboard_workers(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return len(json.load(response)["workers"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 async def send_steadily(clients: list[PatientClient], stop: asyncio.Event) -> None:
@@ -170,7 +181,7 @@ def new_primary_named(stack: Stack, old: str):
 @pytest.mark.gen_test(timeout=300)
 async def test_faults_in_turn_lose_no_acknowledged_task(tmp_path):
     lab = Lab(f"{os.getpid() % 10000:04d}")
-    stack = None
+    stack = dashboard = None
     try:
         lab.create()
         redis_hosts = [lab.add_host(f"redis-{i}", 10 + i) for i in (1, 2, 3)]
@@ -208,6 +219,14 @@ async def test_faults_in_turn_lose_no_acknowledged_task(tmp_path):
             await loop.run_in_executor(None, stack.balancer.wait_state, name, "UP", 40)
         stack.clients = [await PatientClient(f"ws://{stack.balancer.listen}/ws", reconnect_for_s=90).start()
                          for _ in range(3)]
+        # rq-dashboard on the client host, through the same Sentinels.
+        dashboard_port = free_port()
+        dashboard = subprocess.Popen([sys.executable, "-m", "stack.dashboard"], cwd=ROOT,
+                                     env={**env, "RQ_DASHBOARD_PORT": str(dashboard_port)},
+                                     stdout=open(tmp_path / "dashboard.log", "wb"), stderr=subprocess.STDOUT)
+        workers_json = f"http://127.0.0.1:{dashboard_port}/0/data/workers.json"
+        await loop.run_in_executor(None, lambda: wait_until(lambda: dashboard_workers(workers_json) == 1, timeout=30,
+                                                            what="rq-dashboard to show the worker"))
         rows = []
 
         # 1. The primary's Redis killed.
@@ -217,6 +236,14 @@ async def test_faults_in_turn_lose_no_acknowledged_task(tmp_path):
         primary.start(redis_command(primary, tmp_path, next(h for h in redis_hosts if h.address == current)),
                       tmp_path / f"{primary.name}.log")
         wait_until(lambda: replicas_linked(current) == 2, timeout=30, what="the old primary to rejoin as a replica")
+
+        # The dashboard follows the failover without a restart.
+        await loop.run_in_executor(None, lambda: wait_until(lambda: dashboard_workers(workers_json) == 1, timeout=30,
+                                                            what="rq-dashboard to show the worker after the failover"))
+        assert dashboard.poll() is None
+        with urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/", timeout=5) as response:
+            page = response.read().decode()
+        assert MASTER in page and REDIS_PASSWORD not in page and SENTINEL_PASSWORD not in page
 
         # 2. A web server killed; started again after.
         server = webs[0].processes[0]
@@ -241,6 +268,8 @@ async def test_faults_in_turn_lose_no_acknowledged_task(tmp_path):
         assert [problem for c in clients for problem in c.wrong_answers() if not any(
             t in problem for t in lost_with_worker)] == []
     finally:
+        if dashboard is not None:
+            stop_process(dashboard)
         if stack is not None:
             for client in stack.clients:
                 await client.stop()
