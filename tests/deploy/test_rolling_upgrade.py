@@ -1,7 +1,8 @@
 """An upgrade one server at a time, through deploy/haproxy.cfg, loses nothing.
 
 Two servers (two processes each) behind HAProxy, one worker, three clients
-sending hard and soft requests at a steady pace. Each server in turn gets
+sending hard and soft requests at a steady pace, and ``python -m client``
+waiting for 40 hard results. Each server in turn gets
 SIGTERM, drains (1012), exits, and starts again; the clients reconnect
 through HAProxy and ask again for what they wait for. Every acknowledged
 task gets exactly one final answer, and it is right.
@@ -11,11 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import os
+import subprocess
+import sys
 import time
+
+import gmpy2
 
 import pytest
 
-from tests.conftest import ServedApp
+from tests.conftest import ROOT, ServedApp
 from tests.deploy.haproxy import HAProxy, haproxy_binary
 from tests.deploy.patient_client import PatientClient
 from tests.helpers import async_wait_until, free_port
@@ -45,11 +52,17 @@ async def test_restarting_servers_one_by_one_behind_haproxy_answers_every_acknow
     servers = [ServedApp(redis_url, port=port, web_processes=2, server_host="127.0.0.1").start() for port in ports]
     balancer = HAProxy(tmp_path, f"127.0.0.1:{free_port()}", [f"127.0.0.1:{port}" for port in ports]).start()
     clients: list[PatientClient] = []
+    cli = None
     try:
         for name in ("web-1", "web-2"):
             balancer.wait_state(name, "UP")
         url = f"ws://{balancer.listen}/ws"
         clients = [await PatientClient(url).start() for _ in range(3)]
+        # The project's own CLI waits for its numbers across both restarts too.
+        cli_numbers = list(range(150_001, 150_001 + 40 * 997, 997))
+        cli = subprocess.Popen([sys.executable, "-m", "client", *map(str, cli_numbers), "--json", "-q",
+                                "--url", url, "--timeout", "120"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
         stop = asyncio.Event()
         sender = asyncio.ensure_future(send_steadily(clients, stop))
 
@@ -73,6 +86,11 @@ async def test_restarting_servers_one_by_one_behind_haproxy_answers_every_acknow
         await sender
         await async_wait_until(lambda: all(c.settled for c in clients), timeout=90,
                                what="every request to be answered")
+        out, err = await asyncio.get_running_loop().run_in_executor(None, cli.communicate, None, 120)
+        assert cli.returncode == 0, err.decode()[-2000:]
+        lines = [json.loads(line) for line in out.decode().splitlines()]
+        assert {line["number"]: line["digits"] for line in lines} == {
+            n: len(str(gmpy2.fac(n))) for n in cli_numbers}
         acked = sum(len(c.acked) for c in clients)
         drops = sum(c.reconnects for c in clients)
         codes = sorted({code for c in clients for code in c.close_codes})
@@ -84,6 +102,9 @@ async def test_restarting_servers_one_by_one_behind_haproxy_answers_every_acknow
         assert drops >= 2 and 1012 in codes  # the restarts did cut the clients' connections
         assert acked >= 50
     finally:
+        if cli is not None and cli.poll() is None:
+            cli.kill()
+            cli.wait()
         for client in clients:
             await client.stop()
         balancer.stop()
