@@ -15,6 +15,7 @@ import ssl
 import sys
 
 import tornado.web
+import uvloop
 from redis import Redis
 
 from handlers import looplag
@@ -152,9 +153,20 @@ def main() -> None:
     tune_gc()
     processes = settings.web_processes or os.cpu_count() or 1
     if processes == 1:
-        asyncio.run(serve(settings))
+        run(serve(settings), settings.event_loop)
     else:
-        sys.exit(supervisor.run(processes, lambda slot: asyncio.run(serve(settings, slot))))
+        sys.exit(supervisor.run(processes, lambda slot: run(serve(settings, slot), settings.event_loop)))
+
+
+def run(main_coroutine, event_loop: str = "uvloop"):
+    """Run the server's coroutine on the chosen event loop (settings.EVENT_LOOPS).
+
+    uvloop: at 100 clients, twice the jobs per second of the standard loop in
+    one interleaved comparison, for 12% less server CPU per job (docs/performance.md).
+    """
+    if event_loop == "uvloop":
+        return uvloop.run(main_coroutine)
+    return asyncio.run(main_coroutine)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
@@ -80,6 +83,8 @@ class Settings:
     log_level: str = "INFO"
     # Serve the IOLoop lag and memory probe on 127.0.0.1:this port (0: off).
     loop_lag_port: int = 0
+    # The server's event loop: "uvloop" (libuv's, faster), or "asyncio" (the standard library's).
+    event_loop: str = "uvloop"
 
     def __post_init__(self) -> None:
         if not 0 <= self.soft_max_number <= self.max_number:
@@ -110,6 +115,8 @@ class Settings:
         object.__setattr__(self, "allowed_origins", tuple(o.rstrip("/") for o in self.allowed_origins))
         if bool(self.tls_certfile) != bool(self.tls_keyfile):
             raise SettingsError("TLS_CERTFILE and TLS_KEYFILE must be set together")
+        if self.event_loop not in EVENT_LOOPS:
+            raise SettingsError(f"EVENT_LOOP={self.event_loop!r} is not one of {', '.join(EVENT_LOOPS)}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

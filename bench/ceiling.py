@@ -26,7 +26,7 @@ import protocol
 from jobs.factorial import factorial_digits
 from jobs.routing import queue_for
 from protocol import FactorialRequest, ProtocolError
-from server import raise_open_file_limit, tune_gc
+from server import raise_open_file_limit, run, tune_gc
 from settings import Settings
 
 log = logging.getLogger("bench.ceiling")
@@ -83,11 +83,11 @@ def make_app(answers: Answers | None = None) -> tornado.web.Application:
                                    websocket_max_message_size=answers.settings.max_frame_bytes)
 
 
-async def serve(port: int, host: str, precompute: tuple[int, ...]) -> None:
+async def serve(port: int, host: str, precompute: tuple[int, ...], settings: Settings) -> None:
     # What the service's server.py does for itself too: as many sockets as
     # allowed, and the same garbage collector settings.
     raise_open_file_limit()
-    answers = Answers(Settings.from_env())
+    answers = Answers(settings)
     # Every soft answer is ready before the first request: "nothing cached"
     # is said of the service; the ceiling is the best any server could do.
     for number in (*range(answers.settings.soft_max_number + 1), *precompute):
@@ -106,7 +106,9 @@ def main(argv=None) -> None:
                         help="also make this n! before listening (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s")
-    asyncio.run(serve(args.port, args.host, tuple(args.precompute)))
+    settings = Settings.from_env()
+    # The service's event loop (EVENT_LOOP), so that the two differ only by the queue.
+    run(serve(args.port, args.host, tuple(args.precompute), settings), settings.event_loop)
 
 
 if __name__ == "__main__":

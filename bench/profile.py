@@ -1,13 +1,16 @@
 """Where the time of a job goes: the 100-client load under a sampling profiler.
 
     python -m bench.profile                # 100 clients, 15 s of load, a stack of its own
-    python -m bench.profile --seconds 30 --clients 100 --top 40
+    python -m bench.profile --seconds 30 --clients 100
 
 Starts the benchmark's stack (Redis, two workers, one server), runs ``py-spy
 record`` on the server and on each worker while ``--clients`` connections ask
 for distinct small ``n`` one at a time, nothing cached, and prints for each
-process the functions that hold the most samples (inclusive and own time).
-The flame graphs and the raw stacks are saved under ``var/bench/profile/``.
+process and thread the wall time per job of each stage (reading frames,
+parsing, the submit round trip, RQ's bookkeeping, the fan-out of results...)
+and how much of it was spent waiting. py-spy samples every thread, idle or
+not (``--idle``), so a stage's figure is wall time. The raw stacks are saved
+under ``var/bench/profile/``.
 py-spy needs ptrace rights (root, or ``kernel.yama.ptrace_scope=0``).
 """
 
@@ -37,7 +40,7 @@ def record(pid: int, name: str, seconds: float) -> tuple[subprocess.Popen, Path]
     """Start ``py-spy record`` on ``pid`` for ``seconds``; it writes raw (collapsed) stacks."""
     raw = OUT / f"{name}.txt"
     command = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(SAMPLE_RATE),
-               "--format", "raw", "--threads", "--gil", "--nonblocking", "-o", str(raw)]
+               "--format", "raw", "--threads", "--idle", "--nonblocking", "-o", str(raw)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), raw
 
 
@@ -68,28 +71,65 @@ async def load(url: str, clients: int, seconds: float, stack: stacks.Stack) -> t
     return done, wall
 
 
-def summarize(raw: Path, top: int) -> str:
-    """The functions with the most samples in ``raw``: inclusive (anywhere on the stack) and own (on top)."""
-    inclusive: collections.Counter[str] = collections.Counter()
-    own: collections.Counter[str] = collections.Counter()
-    total = 0
+# Where a sample's time goes: the first rule with a pattern found on its stack
+# (root to leaf) names it. Ordered from the specific to the general.
+SERVER_STAGES = (
+    ("loop lag probe (benchmark only)", ("LagMonitor",)),
+    ("results: fan-out and send", ("ResultDelivery._finish", "ResultDelivery._push_started")),
+    ("results: events and payloads in (loop side)", ("ResultDelivery",)),
+    ("acknowledgements: encode and send", ("FactorialSocket._send_ready_answers",)),
+    ("requests: JSON parse and validate (protocol.py)", ("parse_request",)),
+    ("requests: admit and queue (limits, futures)", ("FactorialSocket.on_message",)),
+    ("requests: read and unframe (Tornado)", ("_receive_frame", "read_from_fd", "_read_to_buffer")),
+    ("hops to and from the Redis threads", ("JobClient._flush", "run_in_executor", "_write_to_self",
+                                            "_read_from_self", "call_soon_threadsafe")),
+    ("connections: accept and handshake", ("WebSocketHandler.get", "accept_connection", "HTTP1ServerConnection")),
+    ("socket writes (Tornado)", ("write_to_fd", "_handle_write")),
+    ("submit: Lua script round trip (Redis thread)", ("JobStore._claim", "JobStore.submit")),
+    ("events: blocking XREAD (Redis thread)", ("JobStore.read_events",)),
+    ("events: payload MGET (Redis thread)", ("JobStore.payloads",)),
+    ("lookups and sweep (Redis thread)", ("JobStore.states",)),
+)
+WORKER_STAGES = (
+    ("waiting for a job (BLPOP)", ("dequeue_job_and_maintain_ttl",)),
+    ("job: n! and its digits (gmpy2)", ("factorial_digits",)),
+    ("job: success messages (protocol.py)", ("protocol.py",)),
+    ("job: members read, payloads and event stored", ("factorial_batch", "factorial (jobs/factorial.py")),
+    ("RQ: heartbeats", ("heartbeat",)),
+    ("RQ: marking the job started", ("prepare_job_execution", "prepare_execution")),
+    ("RQ: finishing bookkeeping", ("handle_job_success", "_finalize_success", "execute_success_callback")),
+    ("RQ: worker state, suspension, maintenance", ("set_state", "check_for_suspension", "maintenance")),
+)
+# A sample whose innermost frame is one of these is waiting, not computing.
+WAITING_LEAVES = ("read_from_socket", "select", "_worker", "Condition.wait", "run_forever", "_run_once")
+
+
+def summarize(raw: Path, jobs: int, stages) -> str:
+    """Per thread kind, the wall time per job of each stage, and how much of it waits (on Redis or I/O)."""
+    by_thread: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    waiting: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for line in raw.read_text().splitlines():
         stack_text, _, count_text = line.rpartition(" ")
         if not stack_text:
             continue
-        count = int(count_text)
         frames = stack_text.split(";")
-        total += count
-        for frame in set(frames[1:]):  # [0] names the thread
-            inclusive[frame] += count
-        own[frames[-1]] += count
-    if not total:
-        return f"{raw.name}: no samples"
-    lines = [f"{raw.stem}: {total} samples ({total / SAMPLE_RATE:.1f} CPU s at {SAMPLE_RATE}/s)"]
-    for title, counter in (("inclusive", inclusive), ("own", own)):
-        lines.append(f"  {title}:")
-        for frame, count in counter.most_common(top):
-            lines.append(f"    {100 * count / total:5.1f}%  {frame}")
+        thread = frames[0].rsplit(":", 1)[-1].strip().rstrip("0123456789_") or "thread"
+        if stages is WORKER_STAGES and thread != "MainThread":
+            continue  # RQ's own listener thread: idle by design
+        stage = next((label for label, patterns in stages
+                      if any(p in frame for frame in frames[1:] for p in patterns)), "other (loop internals, idle)")
+        by_thread[thread][stage] += int(count_text)
+        if any(leaf in frames[-1] for leaf in WAITING_LEAVES):
+            waiting[thread][stage] += int(count_text)
+    lines = [f"{raw.stem}: wall time per job, by thread and stage ({jobs} jobs, {SAMPLE_RATE} samples/s)"]
+    for thread, counter in sorted(by_thread.items(), key=lambda item: -sum(item[1].values())):
+        total = sum(counter.values())
+        lines.append(f"  {thread}: {total / SAMPLE_RATE / jobs * 1e6:.0f} us/job sampled")
+        for stage, count in counter.most_common():
+            per_job = count / SAMPLE_RATE / jobs * 1e6
+            waited = waiting[thread][stage] / max(count, 1)
+            lines.append(f"    {per_job:7.1f} us  {100 * count / total:5.1f}%  {stage}"
+                         + (f"  (waiting {100 * waited:.0f}%)" if waited else ""))
     return "\n".join(lines)
 
 
@@ -98,7 +138,6 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--top", type=int, default=30, help="functions to list per process")
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     if not shutil.which("py-spy"):
@@ -123,7 +162,7 @@ def main(argv=None) -> int:
           f"CPU s since start: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
     for name, (_, raw) in recorders.items():
         if raw.exists():
-            print(summarize(raw, args.top))
+            print(summarize(raw, jobs, SERVER_STAGES if name == "server" else WORKER_STAGES))
     print(f"raw stacks in {OUT}")
     return 0
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from bench.client import Client, Expected, Wrong, gmpy2_time, rq_direct
-from bench.stack import Stack
+from bench.stack import STANDARD_LOOP, Stack, process_cpu_seconds
 from jobs import keys
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class Scenarios:
         for clients, each in levels:
             jobs = clients * each
             numbers = random.sample(list(SMALL), jobs)
-            service, ceiling, cpu = [], [], []
+            service, ceiling, cpu, ceiling_cpu = [], [], [], []
             for _ in range(ROUNDS):
                 await asyncio.to_thread(forget_numbers, self.stack)
                 wall, latencies, lost = await self._clients_run(self.url, clients, numbers)
@@ -152,6 +152,7 @@ class Scenarios:
                 cpu.append(self.last_cpu)
                 wall, latencies, lost = await self._clients_run(self.ceiling_url, clients, numbers)
                 ceiling.append((jobs / wall, percentile(latencies, 99) * 1000))
+                ceiling_cpu.append(self.last_cpu)
             direct_wall, direct_lat = await asyncio.to_thread(rq_direct, self.stack.redis, numbers, clients)
             rate, top = _median(service), _median(ceiling)
             used = cpu[[r for r, _ in service].index(rate[0])]
@@ -162,7 +163,9 @@ class Scenarios:
             target = ">= 0.33x ceiling" if clients == 100 else ""
             rows.append(Row(name, "jobs/s", rate[0], "jobs/s", top[0], jobs / direct_wall, floor, target,
                             rate[0] >= 0.33 * top[0] if target else None,
-                            f"lost 0; median of {ROUNDS}; CPU ms/job " + ", ".join(f"{k} {v:.2f}" for k, v in used.items())))
+                            f"lost 0; median of {ROUNDS}; CPU ms/job " + _cpu_text(used, ("ceiling",))
+                            + "; the ceiling's run: " + _cpu_text(ceiling_cpu[[r for r, _ in ceiling].index(top[0])],
+                                                                  ("redis", "servers", "workers"))))
             rows.append(Row(name, "p99", rate[1], "ms", top[1], percentile(direct_lat, 99) * 1000, floor))
         return rows
 
@@ -198,6 +201,31 @@ class Scenarios:
     def _cpu(self) -> dict[str, float]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {**self.stack.cpu_seconds(), "bench client": usage.ru_utime + usage.ru_stime}
+
+    async def event_loop(self) -> list[Row]:
+        """100 clients on a server with Python's standard loop, alternating with the default (uvloop) server."""
+        variant = self.stack.variants.get(STANDARD_LOOP)
+        if variant is None:
+            return []
+        clients, each = (100, 4) if self.quick else (100, 10)
+        numbers = random.sample(list(SMALL), clients * each)
+        rates: dict[str, list[tuple[float, float]]] = {"default": [], "standard": []}
+        servers = {"default": self.stack.servers[0], "standard": variant}
+        for _ in range(ROUNDS):
+            for name, server in servers.items():
+                await asyncio.to_thread(forget_numbers, self.stack)
+                before = process_cpu_seconds(server.process.pid) if server.process else 0.0
+                wall, latencies, lost = await self._clients_run(server.url, clients, numbers)
+                if lost:
+                    raise Wrong(f"{lost} of {len(numbers)} requests got no exact answer")
+                used = process_cpu_seconds(server.process.pid) - before if server.process else 0.0
+                rates[name].append((len(numbers) / wall, used / len(numbers) * 1000))
+        standard, default = _median(rates["standard"]), _median(rates["default"])
+        return [Row(f"{clients} clients x {each}, server on {STANDARD_LOOP}", "jobs/s", standard[0], "jobs/s",
+                    None, default[0], "default server (uvloop), same rounds",
+                    note=f"median of {ROUNDS}, alternating; jobs/s standard loop "
+                    f"{[round(r) for r, _ in rates['standard']]}, uvloop {[round(r) for r, _ in rates['default']]}; "
+                    f"server CPU ms/job {standard[1]:.3f} vs {default[1]:.3f}")]
 
     # --- 3. big results -----------------------------------------------------
 
@@ -356,6 +384,10 @@ class Scenarios:
             checked += 1
         return [Row("scale out: 2 servers, 1 Redis, submit on A, look up on B", "exact answers", checked,
                     "jobs", target="all exact", met=checked == 2)]
+
+
+def _cpu_text(cpu: dict[str, float], leave_out: tuple[str, ...]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if k not in leave_out)
 
 
 def _median(runs: list[tuple[float, float]]) -> tuple[float, float]:

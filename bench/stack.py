@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 20.0
 # The hot key's answer, made by the ceiling before it listens.
 CEILING_PRECOMPUTE = (100_000,)
+# The variant server on Python's own event loop, beside the default uvloop.
+STANDARD_LOOP = "EVENT_LOOP=asyncio"
 # The service's own fair use would count the benchmark (one client address,
 # thousands of connections asking back to back) as an abuser: lifted here.
 UNLIMITED = {"MAX_REQUESTS_PER_S": "1000000"}
@@ -64,6 +66,8 @@ class Stack:
     redis_url: str
     servers: list[Server]
     ceiling: Server | None = None
+    # Servers that differ from the first by one setting, for one scenario each (name -> server).
+    variants: dict[str, Server] = field(default_factory=dict)
     redis_process: subprocess.Popen | None = None
     workers: list[subprocess.Popen] = field(default_factory=list)
     owned: list[subprocess.Popen] = field(default_factory=list)
@@ -103,7 +107,8 @@ class Stack:
         for key in client.smembers("rq:workers"):
             client.srem("rq:workers", key)
 
-    def start_server(self, extra_env: dict | None = None) -> Server:
+    def start_server(self, extra_env: dict | None = None, variant: str = "") -> Server:
+        """A server; a ``variant`` one is kept apart from ``servers``, under that name."""
         port, probe_port = free_port(), free_port()
         env = {**os.environ, "PYTHONPATH": str(ROOT), "SERVER_PORT": str(port), "SERVER_HOST": "127.0.0.1",
                "REDIS_URL": self.redis_url, "LOOP_LAG_PORT": str(probe_port), "LOG_LEVEL": "WARNING",
@@ -115,7 +120,10 @@ class Stack:
         wait_for(lambda: server.probe() or process.poll() is not None, "the server to listen")
         if process.poll() is not None:
             raise RuntimeError("server.py exited at start")
-        self.servers.append(server)
+        if variant:
+            self.variants[variant] = server
+        else:
+            self.servers.append(server)
         self.owned.append(process)
         log.info("server pid %d at %s", process.pid, server.url)
         return server
@@ -141,7 +149,7 @@ class Stack:
         roles = {"redis": [self.redis_process] if self.redis_process else [],
                  "servers": [s.process for s in self.servers if s.process], "workers": self.workers,
                  "ceiling": [self.ceiling.process] if self.ceiling and self.ceiling.process else []}
-        return {role: sum(_cpu_seconds(p.pid) for p in processes) for role, processes in roles.items()
+        return {role: sum(process_cpu_seconds(p.pid) for p in processes) for role, processes in roles.items()
                 if processes}
 
     def close(self) -> None:
@@ -163,6 +171,7 @@ def start(workers: int, worker_class: str, servers: int, second_server_env: dict
         stack.start_workers(workers, worker_class)
         for i in range(servers):
             stack.start_server(second_server_env if i == 1 else None)
+        stack.start_server({"EVENT_LOOP": "asyncio"}, variant=STANDARD_LOOP)
         stack.start_ceiling()
     except BaseException:
         stack.close()
@@ -191,7 +200,7 @@ def _listens(port: int) -> bool:
         return False
 
 
-def _cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and its waited-for children."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
