@@ -28,9 +28,11 @@ _CODES = {
 ROUTES_TEXT = "the service is POST /api/factorial, GET /api/tasks/<task_id>, /ws, /healthz and /metrics"
 
 
-def http_error(status: int, request) -> ProtocolError:
-    """The protocol's error for an HTTP error ``status`` that ``request`` got."""
+def http_error(status: int, request, text: str | None = None) -> ProtocolError:
+    """The protocol's error for an HTTP error ``status`` that ``request`` got (``text``: why, if known)."""
     code = _CODES.get(status, ErrorCode.INTERNAL_ERROR if status >= 500 else ErrorCode.BAD_REQUEST)
+    if text and code == ErrorCode.BAD_REQUEST:
+        return ProtocolError(code, text)
     if code == ErrorCode.NOT_FOUND:
         return ProtocolError(code, f"nothing at {request.path}; {ROUTES_TEXT}")
     if code == ErrorCode.METHOD_NOT_ALLOWED:

@@ -12,6 +12,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketP
 
 import protocol
 from handlers.context import ServiceContext
+from handlers.errors import http_error
 from handlers.drain import SERVICE_RESTART, SERVICE_RESTART_TEXT
 from handlers.limits import RequestBudget
 from jobs.states import MISSING, JobState
@@ -45,6 +46,17 @@ class FactorialSocket(WebSocketHandler):
         if status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="factorial"')
         self.finish(protocol.error(err))
+
+    def finish(self, chunk=None):
+        """Tornado refuses a bad handshake (no Upgrade header, a foreign Origin, an old
+        protocol version) with a plain-text body; here it is the protocol's JSON error,
+        as every HTTP error of the service is."""
+        status = self.get_status()
+        if self.ws_connection is None and status >= 400 and not _is_json(chunk):
+            text = chunk.decode(errors="replace") if isinstance(chunk, bytes) else chunk
+            self.set_header("Content-Type", "application/json")
+            chunk = protocol.error(http_error(status, self.request, text or None))
+        return super().finish(chunk)
 
     def check_origin(self, origin: str) -> bool:
         """Accept handshakes from the server's own pages and the configured origins.
@@ -177,6 +189,10 @@ class FactorialSocket(WebSocketHandler):
 def _ignore_closed(written: asyncio.Future) -> None:
     if not written.cancelled() and not isinstance(written.exception(), (WebSocketClosedError, type(None))):
         log.error("Writing a frame failed", exc_info=written.exception())
+
+
+def _is_json(chunk) -> bool:
+    return isinstance(chunk, (str, bytes)) and chunk[:1] in ("{", b"{")
 
 
 def _failed_future(err: ProtocolError) -> asyncio.Future:

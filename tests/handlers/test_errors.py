@@ -72,3 +72,18 @@ async def test_an_unknown_id_is_the_same_unknown_task_id_on_http_and_on_the_webs
     client.close()
     assert over_ws == over_http
     assert over_http["code"] == "unknown_task_id" and over_http["task_id"] == task_id
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("headers, status, text", [
+    ({}, 400, 'Can "Upgrade" only to "WebSocket".'),
+    ({"Upgrade": "websocket", "Connection": "keep-alive"}, 400, '"Connection" must be "Upgrade".'),
+    ({"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+      "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Origin": "https://elsewhere.example"},
+     403, "Cross origin websockets not allowed"),
+    ({"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "8"}, 426, "upgrade required"),
+])
+async def test_a_refused_websocket_handshake_is_json_too(http_client, base_url, redis_url, headers, status, text):
+    response = await http_client.fetch(base_url + "/ws", headers=headers, raise_error=False)
+    assert response.code == status
+    assert protocol_error(response) == {"type": "error", "code": "bad_request", "result": text}
