@@ -54,6 +54,9 @@ class Client:
         ack = await self.ask({"type": "factorial", "number": number}, timeout)
         assert ack["type"] == "result", ack
         done = await self.receive(timeout)
+        # A "started" push may come first: the sweep can see even a soft job running.
+        while done["type"] == "status":
+            done = await self.receive(timeout)
         return ack, done
 
     def close(self) -> None:
