@@ -25,10 +25,12 @@ from handlers.delivery import ResultDelivery
 from handlers.errors import NotFoundHandler, StaticFiles, log_request
 from handlers.health import HealthHandler, MetricsHandler
 from handlers.identity import ClientIdentifier
+from handlers.limits import ClientCounts
 from handlers.metrics import Metrics
 from handlers.socket import FactorialSocket
 from jobs import connection
 from jobs.client import JobClient
+from jobs.quota import QuotaStore
 from jobs.store import JobStore
 import supervisor
 from settings import Settings
@@ -59,8 +61,12 @@ def connect_redis(settings: Settings) -> Redis:
 
 def make_context(settings: Settings) -> ServiceContext:
     metrics = Metrics()
-    jobs = JobClient(JobStore(connect_redis(settings), settings), on_internal_error=metrics.internal_error)
-    return ServiceContext(settings, jobs, ResultDelivery(jobs, settings), metrics, ClientIdentifier(settings))
+    redis = connect_redis(settings)
+    quota = QuotaStore(redis, settings) if QuotaStore.wanted(settings) else None
+    counts = ClientCounts(enabled=quota is not None)
+    jobs = JobClient(JobStore(redis, settings), on_internal_error=metrics.internal_error, quota=quota, counts=counts)
+    return ServiceContext(settings, jobs, ResultDelivery(jobs, settings), metrics, ClientIdentifier(settings),
+                          counts=counts)
 
 
 def make_app(settings: Settings, context: ServiceContext | None = None) -> tornado.web.Application:

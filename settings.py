@@ -66,6 +66,13 @@ class Settings:
     max_in_flight: int = 100
     max_requests_per_s: int = 200
     max_queue_length: int = 100_000
+    # Fair use per client (handlers/identity.py), across all its connections
+    # and all servers, counted in Redis (jobs/quota.py); 0 means no limit.
+    client_max_connections: int = 100
+    client_max_in_flight: int = 500
+    client_max_requests_per_s: int = 200
+    # A server that dies without closing: its clients' counts outlive it this long.
+    client_lease_s: float = 10.0
 
     # Client identity (handlers/identity.py). Proxies (addresses or CIDR
     # networks) whose X-Forwarded-For / X-Real-IP name the client; anyone

@@ -47,6 +47,36 @@ def factorial_message(body: bytes) -> dict:
     return message
 
 
+class HttpRequests:
+    """One client's HTTP requests to this process, counted as one member of the client (handlers/limits.py).
+
+    A request is in flight from its arrival until it is answered, and so is an
+    accepted job until it ends: an HTTP client holds no connection to wait on,
+    so this waits for the job in its place (and drops the result it is sent).
+    """
+
+    def __init__(self, client: str, context: ServiceContext):
+        self.client = client
+        self.context = context
+        self.asking = 0
+
+    def in_flight(self) -> int:
+        return self.asking + self.context.delivery.waits_of(self)
+
+    def send(self, frame) -> int:
+        return 0  # the client fetches the result with GET /api/tasks/<id>
+
+    def delivered(self, task_id: str, outcome: str) -> None:
+        self.settle()
+
+    def settle(self) -> None:
+        """After a request is answered or a job ended: count again, or stop counting when nothing is left."""
+        if self.in_flight():
+            self.context.counts.changed(self.client)
+        else:
+            self.context.counts.leave(self)
+
+
 class _ApiHandler(JsonRequestHandler):
     def initialize(self, context: ServiceContext) -> None:
         self.context = context
@@ -81,11 +111,23 @@ class FactorialApiHandler(_ApiHandler):
         except ProtocolError as err:
             self.reply_error(err)
             return
+        client = self.identity.client
+        counted = self.context.counts.http_member(client, lambda: HttpRequests(client, self.context))
+        state: JobState | None = None
         try:
-            state: JobState = await self.context.jobs.submit(request.number)
+            if counted:
+                counted.asking += 1
+            state = await self.context.jobs.submit(request.number, client)
         except ProtocolError as err:
             self.reply_error(err, request.ref)
             return
+        finally:
+            if counted:
+                counted.asking -= 1
+                if state is not None and state.final_answer() is None and self.context.settings.client_max_in_flight:
+                    # In flight until its job ends, like a WebSocket's.
+                    self.context.delivery.watch(state.task_id, counted)
+                counted.settle()
         self.context.metrics.job_accepted(state.queue, state.status)
         self.set_header("Location", f"/api/tasks/{state.task_id}")
         self.reply(202, protocol.ack(state.task_id, state.status, state.queue, request.ref))
@@ -95,10 +137,22 @@ class TaskApiHandler(_ApiHandler):
     async def get(self, task_id: str) -> None:
         try:
             request = protocol.parse_message({"type": "result", "task_id": task_id}, self.context.settings.max_number)
-            state: JobState = await self.context.jobs.lookup(request.task_id)
         except ProtocolError as err:
             self.reply_error(err)
             return
+        client = self.identity.client
+        counted = self.context.counts.http_member(client, lambda: HttpRequests(client, self.context))
+        try:
+            if counted:
+                counted.asking += 1
+            state: JobState = await self.context.jobs.lookup(request.task_id, client)
+        except ProtocolError as err:
+            self.reply_error(err)
+            return
+        finally:
+            if counted:
+                counted.asking -= 1
+                counted.settle()
         answer = state.final_answer()
         if answer is None:
             self.reply(200, protocol.status(state.task_id, state.status))

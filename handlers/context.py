@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from handlers.delivery import ResultDelivery
 from handlers.drain import Drain
 from handlers.identity import ClientIdentifier
+from handlers.limits import ClientCounts
 from handlers.metrics import Metrics
 from settings import Settings
 from jobs.client import JobClient
@@ -20,3 +21,5 @@ class ServiceContext:
     metrics: Metrics
     identifier: ClientIdentifier
     drain: Drain = field(default_factory=Drain)
+    # This process's connections and requests in flight, per client (jobs/quota.py shares them).
+    counts: ClientCounts = field(default_factory=lambda: ClientCounts(enabled=False))

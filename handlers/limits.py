@@ -1,8 +1,9 @@
-"""Fair use: how much one connection may ask of the service."""
+"""Fair use: how much one connection may ask of the service, and what this process counts per client."""
 
 from __future__ import annotations
 
 import time
+from typing import Callable, Protocol
 
 from protocol import ErrorCode, ProtocolError
 from settings import Settings
@@ -37,3 +38,78 @@ class RequestBudget:
                 f"too many requests in flight: at most {self.max_in_flight} unanswered on one connection",
             )
         self._tokens -= 1
+
+
+class Member(Protocol):
+    """A connection (or a client's HTTP requests) whose requests count for its client."""
+
+    def in_flight(self) -> int:
+        """Requests not answered yet, and jobs still awaited."""
+
+
+class ClientCounts:
+    """This server process's open connections and requests in flight, per client.
+
+    Lives on the IOLoop. The job client writes these counts to Redis with each
+    exchange (jobs/quota.py), so every server adds up the same totals. Counts
+    are taken from the members when asked, never kept in step by hand, so
+    they cannot drift.
+    """
+
+    def __init__(self, enabled: bool = True):
+        # Off when no per-client limit is set: nothing is counted, nothing kept.
+        self.enabled = enabled
+        self._members: dict[str, dict[Member, bool]] = {}  # client -> {member: is a connection}
+        self._client_of: dict[Member, str] = {}
+        self._changed: set[str] = set()
+        self._http: dict[str, Member] = {}  # client -> its HTTP requests, as one member
+
+    def join(self, client: str, member: Member, connection: bool = True) -> None:
+        if not self.enabled:
+            return
+        self._members.setdefault(client, {})[member] = connection
+        self._client_of[member] = client
+        self._changed.add(client)
+
+    def leave(self, member: Member) -> None:
+        """Stop counting ``member``; harmless if it was never counted or already left."""
+        client = self._client_of.pop(member, None)
+        if client is None:
+            return
+        if self._http.get(client) is member:
+            del self._http[client]
+        members = self._members[client]
+        members.pop(member, None)
+        if not members:
+            del self._members[client]
+        self._changed.add(client)
+
+    def changed(self, client: str) -> None:
+        """Note that ``client``'s count went down (an answer left), for the next exchange."""
+        if client in self._members:
+            self._changed.add(client)
+
+    def http_member(self, client: str, make: Callable[[], Member]) -> Member | None:
+        """The member that counts ``client``'s HTTP requests (made and joined if need be); None when off."""
+        if not self.enabled:
+            return None
+        member = self._http.get(client)
+        if member is None:
+            member = self._http[client] = make()
+            self.join(client, member, connection=False)
+        return member
+
+    @property
+    def active(self) -> bool:
+        """Whether Redis holds (or should hold) any count of this process's."""
+        return bool(self._members or self._changed)
+
+    def take(self, clients, everyone: bool = False) -> dict[str, tuple[int, int]]:
+        """Counts of ``clients`` and of every client changed since the last take (or of ``everyone``)."""
+        wanted = set(self._members) | self._changed if everyone else set(clients) | self._changed
+        self._changed = set()
+        counts = {}
+        for client in wanted:
+            members = self._members.get(client, {})
+            counts[client] = (sum(members.values()), sum(m.in_flight() for m in members))
+        return counts

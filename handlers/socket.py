@@ -32,12 +32,36 @@ class FactorialSocket(WebSocketHandler):
         self._asked_at: dict[str, float] = {}
         self._closing_when_answered = False
 
-    def prepare(self) -> None:
-        """Tell who this is before the handshake; a wrong or missing API key is refused here."""
+    async def prepare(self) -> None:
+        """Tell who this is before the handshake, and count the connection for its client.
+
+        A wrong or missing API key is refused here with 401, a client over its
+        connection limit (on every server together) with 429.
+        """
         try:
             self.identity = self.context.identifier.identify(self.request)
         except ProtocolError as err:
             self.refuse(401, err)
+            return
+        # The name fair share counts this connection's requests under.
+        self.client = self.identity.client
+        self.context.counts.join(self.client, self)
+        try:
+            await self.context.jobs.admit_connection(self.client)
+        except ProtocolError as err:
+            if err.code == ErrorCode.RATE_LIMITED:
+                self.context.counts.leave(self)
+                self.refuse(429, err)
+            # Otherwise Redis could not say: let it in; its count is written
+            # once Redis answers again.
+
+    def on_finish(self) -> None:
+        if self.get_status() != 101:  # the handshake failed: this is no connection
+            self.context.counts.leave(self)
+
+    def in_flight(self) -> int:
+        """Requests not answered yet, and jobs this connection waits for (handlers/limits.py)."""
+        return len(self._answers) + self.context.delivery.waits_of(self)
 
     def refuse(self, status: int, err: ProtocolError) -> None:
         """Answer the handshake with an HTTP error whose body is the protocol's error message."""
@@ -82,8 +106,6 @@ class FactorialSocket(WebSocketHandler):
         return StrictUtf8Protocol(self, False, chosen.params)
 
     def open(self) -> None:
-        # The name fair share counts this connection's requests under.
-        self.client = self.identity.client
         self.set_nodelay(True)
         self.context.metrics.connection_opened()
         self.context.drain.opened(self)
@@ -91,6 +113,7 @@ class FactorialSocket(WebSocketHandler):
     def on_close(self) -> None:
         self.context.drain.closed(self)
         self.context.delivery.forget(self)
+        self.context.counts.leave(self)
         self.context.metrics.connection_closed()
 
     def on_message(self, frame):
@@ -103,7 +126,7 @@ class FactorialSocket(WebSocketHandler):
             finally:
                 # Every frame counts against the budget, bad ones too, so a
                 # flood of garbage is held back like any other.
-                self._budget.admit(len(self._answers) + self.context.delivery.waits_of(self))
+                self._budget.admit(self.in_flight())
         except ProtocolError as err:
             self._queue_answer(request, _failed_future(err if request is None else err.with_ref(request.ref)))
             if err.code == ErrorCode.RATE_LIMITED:
@@ -113,9 +136,9 @@ class FactorialSocket(WebSocketHandler):
                 return asyncio.sleep(1 / max(self.context.settings.max_requests_per_s, 1))
             return None
         if isinstance(request, FactorialRequest):
-            self._queue_answer(request, self.context.jobs.submit(request.number))
+            self._queue_answer(request, self.context.jobs.submit(request.number, self.client))
         else:
-            self._queue_answer(request, self.context.jobs.lookup(request.task_id))
+            self._queue_answer(request, self.context.jobs.lookup(request.task_id, self.client))
 
     def send(self, frame: bytes | str) -> int:
         """Write one frame; return its size, or 0 (and forget this connection) if it is closed."""
@@ -144,6 +167,7 @@ class FactorialSocket(WebSocketHandler):
             except Exception:  # noqa: BLE001 - a bug must not cost the connection
                 log.exception("Answering %r failed", request)
                 self.send(protocol.error(ProtocolError(ErrorCode.JOB_FAILED, "internal error", ref=request.ref)))
+        self.context.counts.changed(self.client)
         if self._closing_when_answered and not self._answers:
             self.close(SERVICE_RESTART, SERVICE_RESTART_TEXT)
 
@@ -179,6 +203,7 @@ class FactorialSocket(WebSocketHandler):
 
     def delivered(self, task_id: str, outcome: str) -> None:
         """Count and log a final answer that left; the delivery loop calls this too."""
+        self.context.counts.changed(self.client)
         asked_at = self._asked_at.pop(task_id, None)
         elapsed = None if asked_at is None else time.monotonic() - asked_at
         self.context.metrics.result_delivered(outcome, elapsed)

@@ -12,13 +12,15 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Awaitable, Callable, Container, TypeVar
+from collections import defaultdict
+from typing import Awaitable, Callable, Container, Iterable, Protocol, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.outage import OutageLog
 from jobs.janitor import Janitor
+from jobs.quota import Admission, QuotaStore, Verdict, refusal
 from jobs.states import FINISHED, Event, JobState
 from jobs.store import JobStore
 from protocol import ErrorCode, ProtocolError
@@ -59,9 +61,28 @@ def unavailable() -> ProtocolError:
     return ProtocolError(ErrorCode.UNAVAILABLE, "the job queue cannot be reached right now; please retry later")
 
 
+class ClientCountsSource(Protocol):
+    """This process's per-client counts (handlers/limits.py ClientCounts)."""
+
+    active: bool
+
+    def take(self, clients: Iterable[str], everyone: bool = False) -> dict[str, tuple[int, int]]: ...
+
+
 class JobClient:
-    def __init__(self, store: JobStore, on_internal_error: Callable[[str], None] = lambda where: None):
+    def __init__(self, store: JobStore, on_internal_error: Callable[[str], None] = lambda where: None,
+                 quota: QuotaStore | None = None, counts: ClientCountsSource | None = None):
         self.store = store
+        # Per-client limits shared with every server (None: no limits). Each
+        # round trip below first writes ``counts`` and asks ``quota`` which
+        # requests and connections may go ahead, in the same thread call.
+        self.quota = quota
+        self.counts = counts
+        self._connections: list[tuple[str, asyncio.Future]] = []
+        self._lease_due = False  # renew this server's lease on the counts (jobs/quota.py)
+        self._lease_timer: asyncio.TimerHandle | None = None
+        self._sync_everyone = True  # after a lapsed lease: write every client's count again
+        self._closed = False
         # Told of every failure that is not an outage (metrics count them).
         self.on_internal_error = on_internal_error
         # Every call to Redis goes through ``_call``, which tells this log: an
@@ -74,28 +95,54 @@ class JobClient:
         # Orphan recovery may wait on a paused Redis: never in the way of requests.
         self._janitor = Janitor(store.redis)
         self._janitor_executor = ThreadPoolExecutor(1, thread_name_prefix="redis-janitor")
-        self._submits: list[tuple[int, asyncio.Future]] = []
-        self._lookups: list[tuple[str, asyncio.Future]] = []
+        self._submits: list[tuple[int, asyncio.Future, str | None]] = []
+        self._lookups: list[tuple[str, asyncio.Future, str | None]] = []
         self._flushing = False
 
     def close(self) -> None:
-        """Drop work not started; wait for the round trips under way, so none lands later."""
+        """Drop work not started; wait for the round trips under way, so none lands later.
+
+        Blocking (it may call Redis): call it off the IOLoop.
+        """
+        self._closed = True
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._events_executor.shutdown(wait=True, cancel_futures=True)
         self._janitor_executor.shutdown(wait=True, cancel_futures=True)
+        if self.quota is not None:
+            try:
+                self.quota.retire()  # other servers need not wait for this one's lease to run out
+            except OUTAGE_ERRORS:
+                pass  # the lease runs out by itself
 
     # --- batched requests ---------------------------------------------------
 
-    def submit(self, number: int) -> "asyncio.Future[JobState]":
-        """The job for ``number!``; fails with ``ProtocolError`` (busy, unavailable)."""
+    def submit(self, number: int, client: str | None = None) -> "asyncio.Future[JobState]":
+        """The job for ``number!``; fails with ``ProtocolError`` (busy, unavailable, rate_limited).
+
+        A request of a ``client`` counts against its per-client limits.
+        """
         future = asyncio.get_running_loop().create_future()
-        self._submits.append((number, future))
+        self._submits.append((number, future, client))
         self._schedule_flush()
         return future
 
-    def lookup(self, task_id: str) -> "asyncio.Future[JobState]":
+    def lookup(self, task_id: str, client: str | None = None) -> "asyncio.Future[JobState]":
         future = asyncio.get_running_loop().create_future()
-        self._lookups.append((task_id, future))
+        self._lookups.append((task_id, future, client))
+        self._schedule_flush()
+        return future
+
+    def admit_connection(self, client: str) -> "asyncio.Future[None]":
+        """Count one more connection of ``client``; fails with ``rate_limited`` over its limit.
+
+        Count the connection in ``counts`` before asking; if Redis cannot be
+        reached the connection is let in, and counted once Redis answers again.
+        """
+        future = asyncio.get_running_loop().create_future()
+        if self.quota is None or not self.quota.counts_connections:
+            future.set_result(None)
+            return future
+        self._connections.append((client, future))
         self._schedule_flush()
         return future
 
@@ -106,24 +153,36 @@ class JobClient:
 
     async def _flush(self) -> None:
         try:
-            while self._submits or self._lookups:
+            while self._submits or self._lookups or self._connections or self._lease_due:
                 submits, self._submits = self._submits, []
                 lookups, self._lookups = self._lookups, []
+                connections, self._connections = self._connections, []
+                admissions, counts = self._admissions(submits, lookups, connections)
                 try:
-                    answers, states = await self.run(
-                        self._submit_and_lookup, [n for n, _ in submits], [t for t, _ in lookups]
+                    answers, states, verdicts = await self.run(
+                        self._round_trip, counts, admissions,
+                        [(n, c) for n, _, c in submits], [(t, c) for t, _, c in lookups],
                     )
                 except OUTAGE_ERRORS:  # logged by self.outage
-                    for _, future in submits + lookups:
+                    for _, future, _ in submits + lookups:
                         _fail(future, unavailable())
+                    for _, future in connections:
+                        _fail(future, unavailable())
+                    self._sync_everyone = self._sync_everyone or counts is not None
                     continue
                 except Exception:  # noqa: BLE001 - a bug must not cost the requests their answers
                     log.exception("Submitting %d and looking up %d failed", len(submits), len(lookups))
                     self.on_internal_error("submit")
-                    for _, future in submits + lookups:
+                    for _, future, _ in submits + lookups:
                         _fail(future, ProtocolError(ErrorCode.JOB_FAILED, "internal error; please retry"))
+                    for _, future in connections:
+                        _fail(future, unavailable())
                     continue
-                resolved = [(f, answers[n]) for n, f in submits] + [(f, states[t]) for t, f in lookups]
+                refused = self._refusals(verdicts)
+                for client, future in connections:
+                    _resolve(future, next(refused[(client, "connection")], None))
+                resolved = [(f, next(refused[(c, "requests")], None) or answers[n]) for n, f, c in submits]
+                resolved += [(f, next(refused[(c, "requests")], None) or states[t]) for t, f, c in lookups]
                 count = size = 0
                 for future, answer in resolved:
                     _resolve(future, answer)
@@ -135,11 +194,92 @@ class JobClient:
                         # work gets turns.
                         count = size = 0
                         await asyncio.sleep(0)
+                if counts is not None:
+                    # Let the refused leave their connections' counts before
+                    # the next batch takes them.
+                    await asyncio.sleep(0)
         finally:
             self._flushing = False
+            self._keep_lease()
 
-    def _submit_and_lookup(self, numbers: list[int], task_ids: list[str]):
-        return self.store.submit(numbers), self.store.states(task_ids)
+    def _admissions(self, submits, lookups, connections):
+        """What this batch asks of the per-client limits, and this server's counts to write first.
+
+        (None, None) when no limit applies. The counts leave out the batch's
+        own requests and connections, which the admissions add.
+        """
+        if self.quota is None or self.counts is None:
+            return None, None
+        lease_due, self._lease_due = self._lease_due, False
+        asking: dict[str, list[int]] = {}  # client -> [connections, requests]
+        for client, _ in connections:
+            asking.setdefault(client, [0, 0])[0] += 1
+        if self.quota.counts_requests:
+            for _, _, client in submits + lookups:
+                if client is not None:
+                    asking.setdefault(client, [0, 0])[1] += 1
+        everyone, self._sync_everyone = self._sync_everyone, False
+        counts = self.counts.take(asking, everyone)
+        for client, (conns, requests) in asking.items():
+            held_conns, held_flight = counts.get(client, (0, 0))
+            counts[client] = (max(held_conns - conns, 0), max(held_flight - requests, 0))
+        admissions = [Admission(client, "connection", n[0]) for client, n in asking.items() if n[0]]
+        admissions += [Admission(client, "requests", n[1]) for client, n in asking.items() if n[1]]
+        if not (admissions or counts or lease_due):
+            return None, None  # nothing to ask or to tell
+        return admissions, counts
+
+    def _round_trip(self, counts, admissions, submits, lookups):
+        """One thread call: the limits' verdicts, then the admitted requests' jobs and states."""
+        verdicts: dict[tuple[str, str], Verdict] = {}
+        if admissions is not None:
+            lapsed, found = self.quota.exchange(counts, admissions)
+            if lapsed:
+                # Another server may have taken this one for dead and deleted
+                # its counts: write them all again, at once.
+                self._sync_everyone = self._lease_due = True
+            verdicts = {(a.client, a.kind): v for a, v in zip(admissions, found)}
+        room = {key: v.admitted for key, v in verdicts.items()}
+
+        def admitted(client) -> bool:
+            key = (client, "requests")
+            if key not in room:
+                return True
+            room[key] -= 1
+            return room[key] >= 0
+
+        numbers = [n for n, client in submits if admitted(client)]
+        task_ids = [t for t, client in lookups if admitted(client)]
+        return self.store.submit(numbers), self.store.states(task_ids), verdicts
+
+    def _refusals(self, verdicts: dict[tuple[str, str], Verdict]):
+        """For each (client, kind): an iterator giving None for each admitted one, then its refusal."""
+        settings = self.quota.settings if self.quota else None
+
+        def answers(verdict: Verdict):
+            for _ in range(verdict.admitted):
+                yield None
+            while True:
+                yield refusal(verdict.limit, settings)
+
+        found = defaultdict(lambda: iter(()))
+        found.update({key: answers(v) for key, v in verdicts.items()})
+        return found
+
+    def _keep_lease(self) -> None:
+        """While this process counts anybody, renew its lease a few times per lease period."""
+        if self.quota is None or self.counts is None or self._lease_timer is not None or self._closed:
+            return
+        if self.counts.active or self._lease_due:
+            self._lease_timer = asyncio.get_running_loop().call_later(
+                self.quota.settings.client_lease_s / 3, self._renew_lease)
+
+    def _renew_lease(self) -> None:
+        self._lease_timer = None
+        if self._closed:
+            return
+        self._lease_due = True
+        self._schedule_flush()
 
     # --- direct calls ---------------------------------------------------------
 
