@@ -323,7 +323,9 @@ async def _vanishing_round(ws_url, delivery, first_number: int) -> int:
 
 @pytest.mark.slow
 @pytest.mark.gen_test(timeout=120)
-@pytest.mark.parametrize("settings", [{"max_queue_length": 1000}], indirect=True)
+# 500 connections from one host: per-client limits off, as for a load test.
+@pytest.mark.parametrize("settings", [{"max_queue_length": 1000, "client_max_connections": 0,
+                                       "client_max_in_flight": 0, "client_max_requests_per_s": 0}], indirect=True)
 async def test_500_clients_that_vanish_mid_job_leave_nothing_behind(settings, app, ws_url, redis_url, redis_client):
     delivery = app.context.delivery
     before = _rss_kib()
