@@ -29,13 +29,17 @@ from settings import Settings
 
 REDACTED = "***"
 
-# A connection whose peer vanished without a word (its host cut off) is found
-# dead in about 11 s (5 idle + 3 probes 2 s apart) even inside a long
-# blocking read, such as a worker's BLPOP, instead of after minutes; then the
-# next connection asks the Sentinels for the new primary.
+# A peer that vanished without a word (its host cut off) is given up on in
+# about 11 s instead of minutes, and the next connection asks the Sentinels
+# for the new primary: keepalive probes (5 s idle, then 3 probes 2 s apart)
+# cover an idle connection or a long blocking read such as a worker's BLPOP;
+# TCP_USER_TIMEOUT covers a write left unacknowledged; the connect timeout
+# covers a SYN to an address that no longer answers.
 KEEPALIVE = {
     "socket_keepalive": True,
-    "socket_keepalive_options": {socket.TCP_KEEPIDLE: 5, socket.TCP_KEEPINTVL: 2, socket.TCP_KEEPCNT: 3},
+    "socket_keepalive_options": {socket.TCP_KEEPIDLE: 5, socket.TCP_KEEPINTVL: 2, socket.TCP_KEEPCNT: 3,
+                                 socket.TCP_USER_TIMEOUT: 11_000},
+    "socket_connect_timeout": 5,
 }
 # Asking a Sentinel must not hang on one that is cut off: the next one is asked.
 SENTINEL_TIMEOUT_S = 1.0

@@ -58,6 +58,10 @@ class Host:
         out = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
 
+    def cut(self) -> None:
+        """A partition: the host's only link goes down (everything on it keeps running)."""
+        ip("-n", self.netns, "link", "set", "eth0", "down")
+
 
 class Lab:
     """A bridge in the root namespace (which acts as the client host, at .1) and hosts on it."""

@@ -8,7 +8,8 @@ Redis and Sentinel needs a password. Clients send hard and soft requests at
 a steady pace through HAProxy while, in turn:
 
 1. the primary's redis-server gets SIGKILL (it comes back as a replica after);
-2. web-1's server gets SIGKILL (it is started again after).
+2. web-1's server gets SIGKILL (it is started again after);
+3. the host of the new primary loses its link (``ip link set eth0 down``).
 
 Asserted for each: the service accepts new requests again, without
 restarting servers, workers or rq-dashboard; every acknowledged task (those acknowledged
@@ -252,6 +253,11 @@ async def test_faults_in_turn_lose_no_acknowledged_task(tmp_path):
         start_web(stack, webs[0])
         await loop.run_in_executor(None, stack.balancer.wait_state, "web-1", "UP", 40)
 
+        # 3. The host of the current primary cut off: its Redis and its Sentinel fall silent.
+        current = primary_address(sentinels)
+        cut = next(h for h in redis_hosts if h.address == current)
+        rows.append(await through(stack, "primary host link down", lambda: cut.cut() or cut.name,
+                                  new_primary_named(stack, current)))
         clients = stack.clients
         assert all(process.poll() is None for web in webs for process in web.processes[-1:]), "a server exited"
         lost_with_worker = [t for c in clients for t, finals in c.finals.items()
@@ -263,7 +269,7 @@ async def test_faults_in_turn_lose_no_acknowledged_task(tmp_path):
         print(f"{acked} tasks acknowledged in all, each answered once; slowest answer {slowest:.1f} s after "
               f"its acknowledgement; {len(lost_with_worker)} failed with their worker")
         # A job running when its worker lost Redis may end with it: its client
-        # hears job_failed or timeout (at most one per fault: the one the worker ran).
+        # hears job_failed or timeout (at most one per Redis fault: the one the worker ran).
         assert len(lost_with_worker) <= 2
         assert [problem for c in clients for problem in c.wrong_answers() if not any(
             t in problem for t in lost_with_worker)] == []
