@@ -23,6 +23,7 @@ import tornado.web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 import protocol
+from handlers import looplag
 from jobs.factorial import factorial_digits
 from jobs.routing import queue_for
 from protocol import FactorialRequest, ProtocolError
@@ -83,7 +84,7 @@ def make_app(answers: Answers | None = None) -> tornado.web.Application:
                                    websocket_max_message_size=answers.settings.max_frame_bytes)
 
 
-async def serve(port: int, host: str, precompute: tuple[int, ...], settings: Settings) -> None:
+async def serve(port: int, host: str, precompute: tuple[int, ...], settings: Settings, probe_port: int = 0) -> None:
     # What the service's server.py does for itself too: as many sockets as
     # allowed, and the same garbage collector settings.
     raise_open_file_limit()
@@ -94,6 +95,8 @@ async def serve(port: int, host: str, precompute: tuple[int, ...], settings: Set
         answers.get(number)
     tune_gc()
     make_app(answers).listen(port, host, backlog=16384)
+    # The benchmark's servers run the loop lag probe: so does the ceiling, at the same cost.
+    looplag.start(probe_port)
     log.info("ceiling at ws://%s:%d/ws", host, port)
     await asyncio.Event().wait()
 
@@ -102,13 +105,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ceiling", description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--probe-port", type=int, default=0, help="serve the loop lag probe here (0: off)")
     parser.add_argument("--precompute", type=int, action="append", default=[],
                         help="also make this n! before listening (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s")
     settings = Settings.from_env()
     # The service's event loop (EVENT_LOOP), so that the two differ only by the queue.
-    run(serve(args.port, args.host, tuple(args.precompute), settings), settings.event_loop)
+    run(serve(args.port, args.host, tuple(args.precompute), settings, args.probe_port), settings.event_loop)
 
 
 if __name__ == "__main__":

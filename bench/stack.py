@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -132,15 +131,15 @@ class Stack:
 
     def start_ceiling(self) -> Server:
         """The no-queue ceiling (``bench.ceiling``) on a free port."""
-        port = free_port()
-        command = [sys.executable, "-m", "bench.ceiling", "--port", str(port)]
+        port, probe_port = free_port(), free_port()
+        command = [sys.executable, "-m", "bench.ceiling", "--port", str(port), "--probe-port", str(probe_port)]
         for number in CEILING_PRECOMPUTE:
             command += ["--precompute", str(number)]
         process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                    stderr=subprocess.DEVNULL)
-        self.ceiling = Server(f"ws://127.0.0.1:{port}/ws", process=process)
+        self.ceiling = Server(f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{probe_port}/", process)
         self.owned.append(process)
-        wait_for(lambda: _listens(port) or process.poll() is not None, "the ceiling to listen")
+        wait_for(lambda: self.ceiling.probe() or process.poll() is not None, "the ceiling to listen")
         if process.poll() is not None:
             raise RuntimeError("bench.ceiling exited at start")
         log.info("ceiling pid %d at %s", process.pid, self.ceiling.url)
@@ -192,14 +191,6 @@ def attach(urls: list[str], redis_url: str, probe_urls: list[str]) -> Stack:
         stack.close()
         raise
     return stack
-
-
-def _listens(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def process_cpu_seconds(pid: int) -> float:
