@@ -52,22 +52,27 @@ def _pings(client: Redis) -> bool:
 
 
 class WorkerProcess:
-    """A real ``rq worker soft hard`` subprocess."""
+    """A real ``rq worker soft hard`` subprocess (or of other ``queues``)."""
 
-    def __init__(self, redis_url: str, worker_class: str | None = "jobs.worker.LaneWorker", extra_env=None):
+    def __init__(self, redis_url: str, worker_class: str | None = "jobs.worker.LaneWorker", extra_env=None,
+                 queues: tuple[str, ...] = ("soft", "hard"), log_path: Path | None = None):
         self.redis_url = redis_url
         self.worker_class = worker_class
+        self.queues = queues
+        self.log_path = log_path  # the worker's output, for tests that read it when they fail
         self.extra_env = extra_env or {}
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "WorkerProcess":
         before = set(_worker_keys(self.redis_url))
-        command = [sys.executable, "-m", "rq.cli", "worker", "soft", "hard", "--url", self.redis_url]
+        command = [sys.executable, "-m", "rq.cli", "worker", *self.queues, "--url", self.redis_url]
         if self.worker_class:
             command += ["--worker-class", self.worker_class]
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.extra_env}
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        if self.log_path:
+            output.close()
         wait_until(lambda: set(_worker_keys(self.redis_url)) - before or self.process.poll() is not None,
                    timeout=20, what="the rq worker to register")
         assert self.process.poll() is None, "rq worker exited at start"

@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,9 +17,13 @@ from jobs.janitor import WORKER_LOST_REASON
 from settings import Settings
 from tests.conftest import WorkerProcess
 from tests.helpers import Client, async_wait_until, wait_until
+from tests.helpers import child_pids as children
+from tests.helpers import kill_quietly as _kill
 
 log = logging.getLogger(__name__)
 BIG = 20_000_000
+# A few seconds of work for a paused horse to finish once resumed.
+PAUSED = 2_000_000
 WORKER_LOST_TEXT = f"the job failed: {WORKER_LOST_REASON}"
 
 pytestmark = pytest.mark.slow
@@ -40,30 +43,6 @@ def lane_worker(redis_url):
     process.stop()
     for pid in children(process.process.pid):
         _kill(pid)
-
-
-def children(pid: int) -> list[int]:
-    """The live child processes of ``pid`` (a worker's work horse)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the command name, which is in parentheses: state, ppid, ...
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == pid and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 async def _until_end(client: Client, timeout: float) -> dict:
@@ -168,3 +147,36 @@ async def test_a_killed_worker_is_reported_within_seconds_whatever_its_time_limi
         replacement.stop()
         for pid in children(replacement.process.pid):
             _kill(pid)
+
+
+@pytest.mark.gen_test(timeout=90)
+@pytest.mark.parametrize("settings", [60], indirect=True)
+async def test_a_paused_worker_is_reported_within_seconds_and_goes_on_when_resumed(
+        settings, ws_url, lane_worker, redis_client):
+    client = await Client.connect(ws_url)
+    ack = await client.ask({"type": "factorial", "number": PAUSED})
+    await _started(client)
+    # The whole worker pauses (a frozen container or VM): its main process and its horse.
+    paused = [lane_worker.process.pid, *children(lane_worker.process.pid)]
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        error = await _until_end(client, 15)
+        told_after = time.monotonic() - stopped
+    finally:
+        for pid in paused:
+            _kill(pid, signal.SIGCONT)
+    log.info("worker SIGSTOPped during %d!: client told %.2f s after the pause", PAUSED, told_after)
+    assert error == {"type": "error", "code": "job_failed", "result": WORKER_LOST_TEXT, "task_id": ack["task_id"]}
+    assert told_after < 10
+
+    # Resumed, the same worker process goes on with the queue.
+    _, done = await client.factorial(2600, timeout=60)
+    while done["type"] == "status":
+        done = await client.receive(60)
+    assert done["type"] == "success" and done["digits"] == 7752
+    assert lane_worker.process.poll() is None
+    # One answer per request: the paused job's late end is not sent again.
+    again = await client.ask({"type": "factorial", "number": 5, "ref": "last"})
+    assert again["type"] == "result" and again["ref"] == "last"

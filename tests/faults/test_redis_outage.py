@@ -5,24 +5,52 @@ Each test has a Redis of its own, with an append-only file, since it stops it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import time
 
 import pytest
 
+from settings import Settings
 from tests.conftest import RedisServer, WorkerProcess
-from tests.helpers import Client, async_wait_until
+from tests.helpers import Client, async_wait_until, child_pids, kill_quietly
 
 log = logging.getLogger(__name__)
 
 pytestmark = pytest.mark.slow
 
 
+# Busy for a few seconds (GMP, then its digits): still running when Redis goes away.
+RUNNING = 3_000_000
+OUTAGE_S = 5.0
+
+
 @pytest.fixture
 def redis_server(tmp_path):
     server = RedisServer(tmp_path / "redis", append_only=True).start()
     yield server
+    if server.process and server.process.poll() is None:
+        server.process.send_signal(signal.SIGCONT)  # in case the test paused it
     server.stop()
+
+
+@pytest.fixture
+def settings(redis_url):
+    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2, max_number=RUNNING)
+
+
+@pytest.fixture
+def workers(redis_url, tmp_path):
+    """A worker of both queues (it will be watching a horse) and an idle one of soft only."""
+    started = [WorkerProcess(redis_url, log_path=tmp_path / "worker.log").start(),
+               WorkerProcess(redis_url, queues=("soft",), log_path=tmp_path / "soft-worker.log").start()]
+    yield started
+    for worker in started:
+        horses = child_pids(worker.process.pid)
+        worker.stop()
+        for pid in horses:
+            kill_quietly(pid)
 
 
 async def _until_accepted(client: Client, number: int, timeout: float) -> dict:
@@ -100,3 +128,72 @@ async def test_jobs_queued_before_a_redis_restart_are_not_lost(app, ws_url, redi
         assert again["type"] == "success" and again["digits"] == 5736
     finally:
         worker.stop()
+
+
+async def _finals(waits: dict[Client, set[str]], timeout: float) -> dict[str, list[dict]]:
+    """The final answers (success or error) each client gets for the task ids it waits for, within ``timeout`` s."""
+    finals: dict[str, list[dict]] = {}
+    deadline = time.monotonic() + timeout
+
+    async def read(client: Client, task_ids: set[str]) -> None:
+        while not task_ids <= finals.keys():
+            message = await client.receive(max(deadline - time.monotonic(), 0.01))
+            if message["type"] != "status":
+                finals.setdefault(message.get("task_id"), []).append(message)
+
+    await asyncio.gather(*(read(client, task_ids) for client, task_ids in waits.items()))
+    return finals
+
+
+async def _no_more_messages(client: Client) -> None:
+    """A fresh request's acknowledgement comes next: no second answer for an old job is in between."""
+    ack = await client.ask({"type": "factorial", "number": 7, "ref": "after"})
+    assert ack["type"] == "result" and ack["ref"] == "after", ack
+    done = await client.receive(30)
+    assert done["type"] == "success" and done["result"] == 5040 and done["ref"] == "after", done
+
+
+@pytest.mark.gen_test(timeout=150)
+@pytest.mark.parametrize("fault", ["stop", "kill", "pause"])
+async def test_workers_ride_out_redis_going_away_and_every_acknowledged_request_is_answered(
+        fault, app, ws_url, redis_server, redis_client, workers):
+    if fault == "kill":
+        # SIGKILL loses the writes of the last second otherwise (appendfsync everysec).
+        redis_client.config_set("appendfsync", "always")
+    pids = [worker.process.pid for worker in workers]
+    running, waiting = await Client.connect(ws_url), await Client.connect(ws_url)
+    first = await running.ask({"type": "factorial", "number": RUNNING})
+    started = await running.receive(20)
+    assert started["type"] == "status" and started["status"] == "started", started
+    queued = [await waiting.ask({"type": "factorial", "number": n}) for n in range(1001, 1020)]
+    assert all(ack["type"] == "result" and ack["queue"] == "hard" for ack in queued)
+    waits = {running: {first["task_id"]}, waiting: {ack["task_id"] for ack in queued}}
+    task_ids = waits[running] | waits[waiting]
+    assert len(task_ids) == 20
+
+    if fault == "pause":
+        redis_server.process.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(OUTAGE_S)  # the outage's length, not a wait for a condition
+        redis_server.process.send_signal(signal.SIGCONT)
+    else:
+        if fault == "stop":
+            redis_server.stop()  # SIGTERM: Redis writes its append-only file and exits
+        else:
+            redis_server.process.kill()
+            redis_server.process.wait()
+        await asyncio.sleep(OUTAGE_S)
+        redis_server.start()
+    back = time.monotonic()
+
+    finals = await _finals(waits, timeout=60)
+    answered_after = time.monotonic() - back
+    log.info("Redis %s for %.0f s with 1 hard job running and 19 queued: all 20 answered %.2f s after it returned",
+             fault, OUTAGE_S, answered_after)
+    assert {task_id: len(answers) for task_id, answers in finals.items()} == {task_id: 1 for task_id in task_ids}
+    assert all(answers[0]["type"] == "success" for answers in finals.values()), finals
+    assert finals[first["task_id"]][0]["digits"] == 18_128_484  # the digits of 3000000!
+    # The same worker processes, never restarted.
+    assert [worker.process.poll() for worker in workers] == [None, None]
+    assert [worker.process.pid for worker in workers] == pids
+    for client in (running, waiting):
+        await _no_more_messages(client)

@@ -1,9 +1,11 @@
 """``honcho start`` brings up the whole stack from the Procfile, and stops it all."""
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from rq.worker import Worker
 from tests.helpers import Client, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
 
 
 def _http_ok(url: str) -> bool:
@@ -74,6 +77,73 @@ async def test_honcho_start_serves_factorials_and_the_dashboard_then_stops_clean
     assert ack["queue"] == "soft" and done["result"] == 120
     client.close()
 
+    # The supervised processes run in sessions of their own: they must stop too.
+    supervised = [wait_until(lambda: _pid_of("server.py", ports["web"]), what="the server process"),
+                  *_worker_pids(redis)]
     os.killpg(honcho.pid, signal.SIGTERM)
     honcho.wait(20)
     wait_until(lambda: not _group_alive(honcho.pid), timeout=20, what="every process of the stack to stop")
+    wait_until(lambda: not any(_alive(pid) for pid in supervised), timeout=20, what="the supervised processes to stop")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _pid_of(script: str, port: int) -> int | None:
+    """The process running ``script`` with SERVER_PORT=port (other stacks may run on this machine)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit():
+                continue
+            cmdline = (entry / "cmdline").read_bytes()
+            if script.encode() not in cmdline or b"stack.supervise" in cmdline:
+                continue
+            if f"SERVER_PORT={port}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+def _worker_pids(redis: Redis) -> list[int]:
+    return [int(redis.hget(key, "pid")) for key in redis.smembers("rq:workers")]
+
+
+def _soft_only_worker_pids(redis: Redis) -> set[int]:
+    """Including a killed worker's: RQ keeps its entry until its heartbeat expires."""
+    return {int(redis.hget(key, "pid")) for key in redis.smembers("rq:workers") if redis.hget(key, "queues") == b"soft"}
+
+
+@pytest.mark.slow
+@pytest.mark.gen_test(timeout=90)
+async def test_a_crashed_worker_or_server_is_restarted_and_the_stack_keeps_running(stack):
+    ports, honcho = stack
+    web_url = f"http://127.0.0.1:{ports['web']}/"
+    wait_until(lambda: _http_ok(web_url), timeout=30, what="the web process")
+    redis = Redis.from_url(f"redis://127.0.0.1:{ports['redis']}/0")
+    wait_until(lambda: len(redis.smembers("rq:workers")) == 2, timeout=30, what="both workers to register")
+
+    [crashed] = _soft_only_worker_pids(redis)
+    os.kill(crashed, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until(lambda: _soft_only_worker_pids(redis) - {crashed}, timeout=20, what="a new soft worker")
+    worker_back = time.monotonic() - killed
+
+    server = wait_until(lambda: _pid_of("server.py", ports["web"]), what="the server process")
+    os.kill(server, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until(lambda: _pid_of("server.py", ports["web"]) not in (None, server) and _http_ok(web_url), timeout=20,
+               what="a new server")
+    server_back = time.monotonic() - killed
+    log.info("under honcho: a SIGKILLed worker registered again after %.1f s, a SIGKILLed server served again "
+             "after %.1f s", worker_back, server_back)
+
+    assert honcho.poll() is None
+    client = await Client.connect(f"ws://127.0.0.1:{ports['web']}/ws")
+    ack, done = await client.factorial(6, timeout=30)
+    assert done["result"] == 720
+    client.close()
