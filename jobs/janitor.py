@@ -81,7 +81,11 @@ REQUEUES_EXHAUSTED_REASON = f"its worker was lost {MAX_REQUEUES} times before it
 _PUT_BACK = """
 local taken = redis.call('lrem', KEYS[2], 0, ARGV[1])
 if ARGV[2] ~= '' then taken = taken + redis.call('zrem', KEYS[1], ARGV[2]) end
-if taken == 0 and ARGV[3] ~= '1' then return false end
+if taken == 0 then
+  if ARGV[3] ~= '1' then return false end
+  -- Its own worker claims it: already back in its queue (a janitor was first)?
+  if redis.call('lpos', KEYS[3], ARGV[1]) then return 'queued' end
+end
 local status = redis.call('hget', KEYS[4], 'status')
 if not status then return '' end
 if status == 'queued' or (status == 'started' and ARGV[3] == '1') then

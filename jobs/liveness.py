@@ -50,14 +50,12 @@ class Heartbeat:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop beating, and say so at once (a worker stopping cleanly holds no job)."""
+        """Stop beating, and say so at once: the janitor then settles at its next
+        round any job a cold shutdown left, and forgets this worker."""
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(timeout=2 * BEAT_S)
-        pipe = self.connection.pipeline(transaction=False)
-        pipe.delete(keys.worker_alive(self.worker_name))
-        pipe.srem(keys.BEATING_WORKERS, self.worker_name)
-        pipe.execute()
+        self.connection.delete(keys.worker_alive(self.worker_name))
 
     def outage_since(self, moment: float) -> bool:
         """Whether a beat failed to reach Redis at or after ``moment`` (monotonic)."""

@@ -70,6 +70,7 @@ class LaneWorker(Worker):
     _killed_job_id: str | None = None
     _beats: Heartbeat | None = None
     _job_began = 0.0
+    _settled_job_id: str | None = None
     _last_outage = -1.0
 
     # --- alive key ---------------------------------------------------------------
@@ -141,6 +142,7 @@ class LaneWorker(Worker):
             prefix = f"{job.id}:"
             entries = [e.decode() for e in self.connection.zrange(queue.started_job_registry.key, 0, -1)]
             entry = next((e for e in entries if e.startswith(prefix)), "")
+        self._settled_job_id = job.id
         outcome = put_back(self.connection, queue, job.id, entry, own=True)
         if outcome == "requeued":
             self.log.warning("Job %s was interrupted by a Redis outage; requeued at the front of %s",
@@ -152,6 +154,7 @@ class LaneWorker(Worker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         self._job_began = time.monotonic()
+        self._settled_job_id = None
         try:
             if queue.name == SOFT:
                 SimpleWorker.execute_job(self, job, queue)
@@ -164,7 +167,7 @@ class LaneWorker(Worker):
             self.settle_interrupted(job, queue)
             self.set_state(WorkerStatus.IDLE)
             return
-        if self._outage_during_job():
+        if self._outage_during_job() and self._settled_job_id != job.id:
             # Its end may not have reached Redis (RQ logs a failed write and goes on).
             self.settle_interrupted(job, queue)
 

@@ -140,3 +140,23 @@ def test_a_job_claimed_by_two_janitors_at_once_is_failed_once(store, redis_clien
     queue = Queue("hard", connection=redis_client)
     outcomes = [janitor.put_back(redis_client, queue, task_id, execution.composite_key) for _ in range(2)]
     assert outcomes == ["started", None]
+
+
+def test_a_worker_putting_back_its_own_job_twice_queues_it_once(store, redis_client):
+    # RQ's BLPOP holds a taken job in no list: only its worker can put it back.
+    task_id = store.submit([7000])[7000].task_id
+    assert redis_client.lpop("rq:queue:hard").decode() == task_id
+    queue = Queue("hard", connection=redis_client)
+    outcomes = [janitor.put_back(redis_client, queue, task_id, own=True) for _ in range(2)]
+    assert outcomes == ["requeued", "queued"]
+    assert redis_client.lrange("rq:queue:hard", 0, -1) == [task_id.encode()]
+
+
+def test_a_job_put_back_too_often_is_reported_exhausted(store, redis_client):
+    task_id = store.submit([7001])[7001].task_id
+    queue = Queue("hard", connection=redis_client)
+    outcomes = []
+    for _ in range(janitor.MAX_REQUEUES + 1):
+        redis_client.lmove(queue.key, queue.intermediate_queue_key)
+        outcomes.append(janitor.put_back(redis_client, queue, task_id))
+    assert outcomes == ["requeued"] * janitor.MAX_REQUEUES + ["exhausted"]
