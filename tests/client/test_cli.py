@@ -113,3 +113,14 @@ async def test_a_closed_output_pipe_ends_it_quietly(ws_url, worker):
     assert process.returncode == 141, stderr
     assert "Traceback" not in stderr.decode() and "BrokenPipeError" not in stderr.decode()
 
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_readme_pipe_into_head_prints_one_digit_and_no_traceback(ws_url, worker):
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-c", f'{sys.executable} -m client 2000 -q --url {ws_url} | head -c 1; echo " ${{PIPESTATUS[0]}}"',
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 50)
+    # Whether head leaves before the digits are written (141) or after (0), nothing on stderr;
+    # the test above makes the closed pipe certain.
+    assert stdout.decode() in ("3 0\n", "3 141\n") and stderr == b""
+
