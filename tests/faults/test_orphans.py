@@ -15,6 +15,7 @@ import time
 import pytest
 from rq import Queue
 
+from settings import Settings
 from tests.conftest import WorkerProcess
 from tests.helpers import Client, async_wait_until
 
@@ -25,6 +26,13 @@ pytestmark = pytest.mark.slow
 CLIENTS = 50
 REQUESTS_EACH = 40
 RESTART_AFTER_S = 3.0
+
+
+@pytest.fixture
+def settings(redis_url):
+    # The burst comes from 50 clients; here they share one address, so the per-client caps are lifted.
+    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2,
+                    client_max_in_flight=0, client_max_requests_per_s=0)
 
 
 @pytest.fixture
@@ -106,7 +114,7 @@ async def test_a_soft_worker_killed_at_a_burst_loses_no_acknowledged_request(
              "acknowledged, all answered %.1f s after the kill (%s)", CLIENTS * REQUESTS_EACH, left, RESTART_AFTER_S,
              acknowledged, answered_after, outcomes)
     assert left > 0, "the worker held no job when killed: this run tested nothing"
-    assert acknowledged >= 100
+    assert acknowledged == CLIENTS * REQUESTS_EACH
     assert answered_after < 30
 
     # New requests succeed, and no second answer for an old request comes first.
