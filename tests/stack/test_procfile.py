@@ -1,5 +1,6 @@
 """``honcho start`` brings up the whole stack from the Procfile, and stops it all."""
 
+import contextlib
 import logging
 import os
 import signal
@@ -52,9 +53,30 @@ def stack(tmp_path):
         stdout=open(tmp_path / "honcho.log", "wb"), stderr=subprocess.STDOUT,
     )
     yield ports, honcho
-    if _group_alive(honcho.pid):
-        os.killpg(honcho.pid, signal.SIGKILL)
-    honcho.wait()
+    # honcho starts each process in a session of its own: stop it with SIGTERM
+    # so that it stops them, then kill whatever of this stack is left.
+    if honcho.poll() is None:
+        os.killpg(honcho.pid, signal.SIGTERM)
+        try:
+            honcho.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(honcho.pid, signal.SIGKILL)
+            honcho.wait()
+    for pid in _processes_with(f"REDIS_DATA_DIR={tmp_path / 'redis'}"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _processes_with(variable: str) -> list[int]:
+    """The processes whose environment holds ``variable`` (NAME=value): one stack's, as the tests start them."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and variable.encode() in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 @pytest.mark.slow
@@ -84,6 +106,8 @@ async def test_honcho_start_serves_factorials_and_the_dashboard_then_stops_clean
     honcho.wait(20)
     wait_until(lambda: not _group_alive(honcho.pid), timeout=20, what="every process of the stack to stop")
     wait_until(lambda: not any(_alive(pid) for pid in supervised), timeout=20, what="the supervised processes to stop")
+    wait_until(lambda: not [pid for pid in _processes_with(f"SERVER_PORT={ports['web']}") if _alive(pid)], timeout=20,
+               what="every process of the stack to stop")
 
 
 def _alive(pid: int) -> bool:
