@@ -14,7 +14,8 @@ Exit status:
     0  every number got its result
     1  the server answered an error for some number
     2  bad arguments
-    3  the server could not be reached, or stayed unreachable after the connection dropped
+    3  the server could not be reached, or stayed unreachable after the connection
+       dropped (the answers that came are still written)
     4  some answer did not come within --timeout
   141  stdout was closed before the results were written (``| head``), as for other Unix tools
 """
@@ -48,6 +49,7 @@ RECONNECT_TRIES = 8
 RECONNECT_MIN_S = 0.25
 RECONNECT_MAX_S = 8.0
 EXIT_OK, EXIT_ERROR_ANSWER, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+TIMED_OUT = "timeout"  # Job.missing when the deadline passed
 EXIT_PIPE_CLOSED = 128 + 13  # SIGPIPE's number, as a shell reports a tool it ended
 
 log = logging.getLogger("client")
@@ -64,6 +66,7 @@ class Job:
     task_id: str = ""
     state: str = "sent"
     answer: dict | None = None  # the final success or error message
+    missing: str = ""  # why there is no answer, when there is none
     ended_at: float = 0.0
 
     @property
@@ -109,15 +112,18 @@ class Progress:
 
 async def compute(url: str, numbers: list[int], progress_for=None,
                   timeout_s: float | None = DEFAULT_TIMEOUT_S) -> list[Job]:
-    """Ask for every number; return the jobs once all have ended or ``timeout_s`` has passed.
+    """Ask for every number; return the jobs once all have ended, ``timeout_s`` has passed
+    or the server stayed unreachable after the connection dropped.
 
-    Jobs without an answer at the deadline are returned with ``answer`` None.
+    Jobs without an answer are returned with ``answer`` None and ``missing`` saying why;
+    ``Unreachable`` only when the first connection fails.
     """
     connection = await _connect(url)
     jobs = [Job(n) for n in numbers]
     progress = progress_for(jobs) if progress_for else Progress(jobs, quiet=True)
     ticker = asyncio.ensure_future(_tick(progress))
     deadline = None if not timeout_s else time.monotonic() + timeout_s
+    missing = TIMED_OUT
     try:
         await _ask(connection, jobs)
         # Reconnects in a row with no message between them: a server that
@@ -133,7 +139,11 @@ async def compute(url: str, numbers: list[int], progress_for=None,
                 _take(json.loads(raw), jobs, progress)
                 continue
             lost = connection.close_code or "no code"
-            connection, failures = await _reconnect(url, failures, lost, deadline, progress)
+            try:
+                connection, failures = await _reconnect(url, failures, lost, deadline, progress)
+            except Unreachable as exc:
+                connection, missing = None, str(exc)
+                break
             if connection is None:
                 break  # the deadline passed while reconnecting
             await _ask(connection, jobs)
@@ -144,7 +154,7 @@ async def compute(url: str, numbers: list[int], progress_for=None,
             connection.close()
     for job in jobs:
         if not job.done:
-            job.state = "no answer"
+            job.state, job.missing = "no answer", missing
     return jobs
 
 
@@ -235,11 +245,13 @@ def report(jobs: list[Job], args) -> int:
     for job in jobs:
         answer = job.answer
         if answer is None:
-            status = max(status, EXIT_TIMEOUT)
-            print(f"{job.number}!: no answer within {args.timeout:g} s"
-                  + (f" (task {job.task_id})" if job.task_id else ""), file=sys.stderr)
+            if job.missing == TIMED_OUT:
+                status, code, why = max(status, EXIT_TIMEOUT), "no_answer", f"no answer within {args.timeout:g} s"
+            else:
+                status, code, why = max(status, EXIT_UNREACHABLE), "unreachable", f"no answer: {job.missing}"
+            print(f"{job.number}!: {why}" + (f" (task {job.task_id})" if job.task_id else ""), file=sys.stderr)
             if args.json:
-                print(json.dumps({"number": job.number, "task_id": job.task_id, "error": "no_answer",
+                print(json.dumps({"number": job.number, "task_id": job.task_id, "error": code,
                                   "elapsed_s": round(job.elapsed_s, 3)}))
             continue
         if answer["type"] == "error":

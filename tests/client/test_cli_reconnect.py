@@ -54,27 +54,32 @@ def test_pending_jobs_survive_a_server_restart_with_one_answer_each(redis_url, r
             worker.stop()
 
 
-def test_a_server_that_stays_down_ends_the_client_with_exit_3_within_its_bounded_retries(redis_url):
+def test_a_server_that_stays_down_ends_the_client_with_exit_3_and_the_answers_it_had(redis_url, redis_client):
     server = ServedApp(redis_url).start()
     client = None
     try:
-        client = subprocess.Popen([sys.executable, "-m", "client", "9", "--url", server.ws_url],
+        worker = WorkerProcess(redis_url).start()
+        try:
+            stored = subprocess.run([sys.executable, "-m", "client", "5", "-q", "--url", server.ws_url], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=30)
+            assert stored.returncode == 0 and stored.stdout == "120\n"
+        finally:
+            worker.stop()
+        # 5! is answered from its stored result; 9! stays queued, with no worker.
+        client = subprocess.Popen([sys.executable, "-m", "client", "5", "9", "--json", "--url", server.ws_url],
                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_until(lambda: redis_client_len(redis_url) == 1, timeout=20, what="the job to be queued")
-        stop_process(server.process)
+        wait_until(lambda: redis_client.llen("rq:queue:soft") == 1, timeout=20, what="9! to be queued")
+        server.stop()
         # 8 tries, pauses doubling from 0.25 s up to 8 s: about 30 s at most.
-        _, stderr = client.communicate(timeout=60)
+        stdout, stderr = client.communicate(timeout=60)
         assert client.returncode == 3, stderr
-        assert "tries to reconnect failed" in stderr and stderr.count("reconnecting in") == 8
+        five, nine = (json.loads(line) for line in stdout.splitlines())
+        assert five["result"] == "120"
+        assert nine["number"] == 9 and nine["error"] == "unreachable" and len(nine["task_id"]) == 32
+        assert "9!: no answer: the connection to" in stderr and "8 tries to reconnect failed" in stderr
+        assert stderr.count("reconnecting in") == 8
     finally:
         if client and client.poll() is None:
             client.kill()
             client.wait()
         server.stop()
-
-
-def redis_client_len(redis_url: str) -> int:
-    from redis import Redis
-
-    with Redis.from_url(redis_url) as redis:
-        return redis.llen("rq:queue:soft")
