@@ -1,5 +1,6 @@
 """What the README says about stopping the stack: Ctrl-C stops every process, and the data stays."""
 
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import urllib.request
 import pytest
 
 from tests.helpers import Client, free_port, wait_until
-from tests.stack.test_procfile import ROOT, _group_alive, _http_ok
+from tests.stack.test_procfile import ROOT, _http_ok, _processes_with
 
 
 class Stack:
@@ -38,11 +39,15 @@ class Stack:
         wait_until(lambda: _http_ok(f"http://127.0.0.1:{self.web_port}/"), timeout=40, what="the web process")
         return honcho
 
+    def processes(self) -> list[int]:
+        """Every process of this stack that still runs (honcho gives each a session of its own)."""
+        return [pid for pid in _processes_with(f"REDIS_DATA_DIR={self.data_dir}") if _running(pid)]
+
     def ctrl_c(self, honcho: subprocess.Popen) -> None:
-        # A terminal's Ctrl-C sends SIGINT to the whole foreground process group.
+        # A terminal's Ctrl-C sends SIGINT to its foreground process group: honcho's.
         os.killpg(honcho.pid, signal.SIGINT)
         honcho.wait(30)
-        wait_until(lambda: not _group_alive(honcho.pid), timeout=30, what="every process of the stack to stop")
+        wait_until(lambda: not self.processes(), timeout=30, what="every process of the stack to stop")
 
     def task(self, task_id: str) -> dict:
         try:
@@ -53,9 +58,25 @@ class Stack:
 
     def remove(self) -> None:
         for honcho in self.runs:
-            if _group_alive(honcho.pid):
-                os.killpg(honcho.pid, signal.SIGKILL)
-            honcho.wait()
+            if honcho.poll() is None:
+                honcho.terminate()
+                try:
+                    honcho.wait(30)
+                except subprocess.TimeoutExpired:
+                    honcho.kill()
+                    honcho.wait()
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @pytest.fixture
