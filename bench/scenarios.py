@@ -9,6 +9,7 @@ workers, or gmpy2 in this process.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import random
@@ -23,6 +24,8 @@ from jobs import keys
 log = logging.getLogger(__name__)
 SMALL = range(1, 1001)  # the numbers of the soft queue
 HOT_NUMBER = 100_000
+# How long one of the 10,000 connections opened at once may take to be accepted.
+HELD_CONNECT_S = 120.0
 # Service and ceiling runs alternate this many times, and each reports its
 # median: other work on the machine then weighs on both alike.
 ROUNDS = 3
@@ -300,20 +303,25 @@ class Scenarios:
         before = server.probe().get("rss_bytes", 0)
         forget_numbers(self.stack)
         started = time.perf_counter()
-        opened = await asyncio.gather(*(Client.connect(self.url) for _ in range(count)), return_exceptions=True)
+        opened = await asyncio.gather(*(Client.connect(self.url, timeout=HELD_CONNECT_S) for _ in range(count)),
+                                      return_exceptions=True)
         connect_s = time.perf_counter() - started
         connections = [c for c in opened if isinstance(c, Client)]
         failures = count - len(connections)
+        refused = collections.Counter(repr(c)[:120] for c in opened if not isinstance(c, Client))
         opening = server.probe(reset=True)
         after = opening.get("rss_bytes", 0)
         numbers = [SMALL[i % len(SMALL)] for i in range(len(connections))]
+
+        why: collections.Counter[str] = collections.Counter()
 
         async def ask(client: Client, n: int) -> bool:
             try:
                 ack, raw = await client.factorial_raw(n)
                 self.expected.check(n, raw, ack["task_id"])
                 return True
-            except (Wrong, ConnectionError, asyncio.TimeoutError):
+            except (Wrong, ConnectionError, asyncio.TimeoutError) as exc:
+                why[repr(exc)[:120]] += 1
                 return False
 
         started = time.perf_counter()
@@ -331,8 +339,10 @@ class Scenarios:
         busy = max((r["max_busy_ms"] for r in phases), default=None)
         rows = [
             Row(name, "answered exactly", exact, "connections", None, count, "opened", "all answered",
-                exact == count, f"connect failures {failures}; connect {connect_s:.1f} s, answers {answer_s:.1f} s; "
-                f"loop lag (busy) while connecting {_lag(opening)}, while answering {_lag(answering)}"),
+                exact == count, f"connect failures {failures}"
+                + (f" {dict(refused.most_common(3))}" if refused else "") + f"; connect {connect_s:.1f} s, answers {answer_s:.1f} s; "
+                + (f"not answered: {dict(why.most_common(3))}; " if why else "")
+                + f"loop lag (busy) while connecting {_lag(opening)}, while answering {_lag(answering)}"),
             Row(name, "server memory per connection", per_connection, "KiB",
                 note=f"RSS {before >> 20} -> {after >> 20} MiB"),
         ]
