@@ -7,11 +7,15 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from jobs.factorial import factorial_digits
 from tests.conftest import ROOT, ServedApp, WorkerProcess
 from tests.helpers import stop_process, wait_until
 
 NUMBERS = [7, 3000, 8, 20]
+
+pytestmark = pytest.mark.slow
 
 
 def test_pending_jobs_survive_a_server_restart_with_one_answer_each(redis_url, redis_client):

@@ -140,6 +140,7 @@ def test_the_page_reconnects_after_a_restart_and_asks_again_for_every_pending_re
             worker.stop()
 
 
+@pytest.mark.slow
 def test_the_page_backs_off_while_the_server_is_down(page, redis_url):
     attempts = []
     server = ServedApp(redis_url).start()
