@@ -18,6 +18,7 @@ import pytest
 from redis import Redis
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from handlers.limits import ClientCounts
 from jobs import keys
 from jobs.quota import Admission, QuotaStore
 from settings import Settings
@@ -268,3 +269,52 @@ async def test_api_keys_name_clients_and_can_be_required(servers):
         assert json.loads(missing.response.body)["code"] == "unauthorized"
     finally:
         close_all(held)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_server_stopped_with_sigterm_gives_its_counts_back_at_once(servers):
+    # A lease far longer than the test: only the stopping server's own goodbye can free the count.
+    a, b = servers(2, client_max_connections=2, client_lease_s=600)
+    held = [await handshake(a), await handshake(a)]
+    try:
+        assert all(isinstance(c, Client) for c in held)
+        assert refused_with(await handshake(b), 429, "at most 2")
+        a.stop()  # SIGTERM: drains, closes its connections, and takes back its counts
+        fresh = await handshake(b)
+        assert isinstance(fresh, Client), fresh
+        held.append(fresh)
+    finally:
+        close_all(held)
+
+
+# --- this process's own count ---------------------------------------------------------
+
+class Member:
+    def __init__(self, in_flight: int):
+        self.count = in_flight
+
+    def in_flight(self) -> int:
+        return self.count
+
+
+def test_counts_are_read_from_the_members_and_a_client_that_left_is_written_as_zero():
+    counts = ClientCounts()
+    socket, other, http = Member(3), Member(1), Member(2)
+    counts.join("198.18.0.1", socket)
+    counts.join("198.18.0.1", other)
+    counts.join("198.18.0.1", http, connection=False)
+    assert counts.take([]) == {"198.18.0.1": (2, 6)}
+    assert counts.take([]) == {}  # nothing changed since
+    socket.count = 0
+    counts.changed("198.18.0.1")
+    assert counts.take([]) == {"198.18.0.1": (2, 3)}
+    for member in (socket, other, http):
+        counts.leave(member)
+    counts.leave(socket)  # twice is harmless
+    assert counts.take([]) == {"198.18.0.1": (0, 0)} and not counts.active
+
+
+def test_counting_off_keeps_nothing():
+    counts = ClientCounts(enabled=False)
+    counts.join("198.18.0.1", Member(1))
+    assert not counts.active and counts.take([], everyone=True) == {}
