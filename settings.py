@@ -73,6 +73,9 @@ class Settings:
     client_max_requests_per_s: int = 200
     # A server that dies without closing: its clients' counts outlive it this long.
     client_lease_s: float = 10.0
+    # Fair scheduling: RQ jobs kept in each queue per worker serving it; the
+    # rest wait in their clients' pending lists for their turn.
+    queued_jobs_per_worker: int = 1
 
     # Client identity (handlers/identity.py). Proxies (addresses or CIDR
     # networks) whose X-Forwarded-For / X-Real-IP name the client; anyone
@@ -98,6 +101,8 @@ class Settings:
             raise SettingsError(
                 f"SOFT_MAX_NUMBER={self.soft_max_number} must lie between 0 and MAX_NUMBER={self.max_number}"
             )
+        if self.queued_jobs_per_worker < 1:
+            raise SettingsError(f"QUEUED_JOBS_PER_WORKER={self.queued_jobs_per_worker} must be at least 1")
         if self.soft_batch_size < 1:
             raise SettingsError(f"SOFT_BATCH_SIZE={self.soft_batch_size} must be at least 1")
         if self.redis_sentinels and not self.redis_sentinel_master:

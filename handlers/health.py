@@ -21,8 +21,9 @@ def read_health(store: JobStore) -> dict:
     """Redis reachability, and the workers and length of each queue. Blocking."""
     try:
         store.redis.ping()
+        lengths = store.jobs_waiting()
         queues = {
-            name: {"workers": Worker.count(connection=store.redis, queue=queue), "length": queue.count}
+            name: {"workers": Worker.count(connection=store.redis, queue=queue), "length": lengths[name]}
             for name, queue in store.queues.items()
         }
     except RedisError as exc:
@@ -31,11 +32,8 @@ def read_health(store: JobStore) -> dict:
 
 
 def read_queue_lengths(store: JobStore) -> dict[str, int]:
-    """Jobs waiting in each queue, in one round trip. Blocking."""
-    pipe = store.redis.pipeline(transaction=False)
-    for queue in store.queues.values():
-        pipe.llen(queue.key)
-    return dict(zip(store.queues, pipe.execute()))
+    """Jobs waiting for each queue (its RQ queue and the clients' pending lists), in one round trip. Blocking."""
+    return store.jobs_waiting()
 
 
 class HealthHandler(JsonRequestHandler):

@@ -22,7 +22,7 @@ from jobs.outage import OutageLog
 from jobs.janitor import Janitor
 from jobs.quota import Admission, QuotaStore, Verdict, refusal
 from jobs.states import FINISHED, Event, JobState
-from jobs.store import JobStore
+from jobs.store import ANONYMOUS, JobStore
 from protocol import ErrorCode, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ def spawn(coro, what: str) -> asyncio.Task:
 
     task.add_done_callback(ended)
     return task
+
+# The dispatcher runs at least this often on each server, seconds, besides after every job event.
+DISPATCH_INTERVAL_S = 0.1
 
 # Resolve this many answers of one batch, then give the IOLoop a turn: 10,000
 # requests that arrive together must not hold it for a second.
@@ -98,6 +101,7 @@ class JobClient:
         self._submits: list[tuple[int, asyncio.Future, str | None]] = []
         self._lookups: list[tuple[str, asyncio.Future, str | None]] = []
         self._flushing = False
+        self._dispatched_at = 0.0
 
     def close(self) -> None:
         """Drop work not started; wait for the round trips under way, so none lands later.
@@ -248,9 +252,10 @@ class JobClient:
             room[key] -= 1
             return room[key] >= 0
 
-        numbers = [n for n, client in submits if admitted(client)]
+        submitted = [(n, client or ANONYMOUS) for n, client in submits if admitted(client)]
         task_ids = [t for t, client in lookups if admitted(client)]
-        return self.store.submit(numbers), self.store.states(task_ids), verdicts
+        answers = self.store.submit([n for n, _ in submitted], [client for _, client in submitted])
+        return answers, self.store.states(task_ids), verdicts
 
     def _refusals(self, verdicts: dict[tuple[str, str], Verdict]):
         """For each (client, kind): an iterator giving None for each admitted one, then its refusal."""
@@ -304,6 +309,7 @@ class JobClient:
 
     def _read_events_and_payloads(self, cursor: str, block_ms: int, waiting: Container[str]):
         cursor, found = self.store.read_events(cursor, block_ms)
+        self._dispatch(soon=bool(found))
         # ``waiting`` is read while the IOLoop may change it: a job missed here
         # is fetched by the caller, so a stale view costs a round trip, not a result.
         finished = [e.task_id for e in found if e.state == FINISHED and e.task_id in waiting]
@@ -321,6 +327,19 @@ class JobClient:
         except Exception:  # noqa: BLE001 - a bug here must not stop deliveries
             log.exception("Orphan recovery failed")
             self.on_internal_error("janitor")
+
+    def _dispatch(self, soon: bool) -> None:
+        """Feed the RQ queues from the pending lists (fair scheduling), on the events thread.
+
+        Job events mean jobs left the RQ queues, so they make room: dispatch
+        then. Otherwise every DISPATCH_INTERVAL_S, for ends without an event,
+        new workers, and jobs another server left waiting when it stopped.
+        Every server does this; the script is atomic, so they never collide.
+        """
+        now = time.monotonic()
+        if soon or now - self._dispatched_at >= DISPATCH_INTERVAL_S:
+            self._dispatched_at = now
+            self.store.dispatch()
 
     def run(self, fn: Callable[..., T], *args) -> Awaitable[T]:
         """Run a blocking call (Redis) on this client's threads, never on the IOLoop."""

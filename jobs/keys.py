@@ -53,3 +53,23 @@ def unstarted(job_id: str) -> str:
 def requeues(job_id: str) -> str:
     """How often a job was put back on its queue after losing its worker."""
     return f"factorial:requeues:{job_id}"
+
+
+# Fair scheduling (jobs/lua/dispatch_lib.lua): jobs wait in one list per
+# client and queue until the dispatcher moves them, round robin across
+# clients, into the RQ queue.
+
+
+def pending(queue: str, client: str = "") -> str:
+    """The jobs ``client`` has waiting for ``queue`` (without ``client``: the prefix of these lists)."""
+    return f"factorial:pending:{queue}:{client}"
+
+
+def pending_clients(queue: str) -> str:
+    """The clients with jobs waiting for ``queue``, in the order they get their next turn."""
+    return f"factorial:pending-clients:{queue}"
+
+
+def pending_count(queue: str) -> str:
+    """How many jobs wait for ``queue`` in all clients' lists together."""
+    return f"factorial:pending-count:{queue}"

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Sequence
 
 from redis import Redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Callback, Queue
 from rq.job import Job, JobStatus
 from rq.utils import now as rq_now
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from jobs import events, keys, scripts
 from jobs.states import FAILED, FINISHED, MISSING, QUEUED, STARTED, Event, JobState
@@ -40,6 +42,10 @@ class NotReplicated(RedisTimeoutError):
     """Fewer replicas than REDIS_MIN_REPLICAS confirmed a submit's writes in time (an outage, to clients)."""
 
 
+# The client of requests that name none (tests, tools).
+ANONYMOUS = "anonymous"
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
 
@@ -50,12 +56,43 @@ class JobStore:
         self.redis = redis
         self.settings = settings
         self.queues = {name: Queue(name, connection=redis) for name in QUEUES}
-        self._submit_script = scripts.load(redis, "submit")
+        self._submit_script = scripts.load(redis, "dispatch_lib", "submit")
+        self._dispatch_script = scripts.load(redis, "dispatch_lib", "dispatch")
+        # What the dispatcher needs to know of each queue (jobs/lua/dispatch_lib.lua).
+        self._dispatch_queues = {
+            name: {
+                "queue_key": queue.key,
+                "pending": keys.pending(name),
+                "clients": keys.pending_clients(name),
+                "count": keys.pending_count(name),
+                "workers": WORKERS_BY_QUEUE_KEY % name,
+            }
+            for name, queue in self.queues.items()
+        }
+
+    def dispatch(self) -> int:
+        """Move waiting jobs into the RQ queues that have room, round robin across clients; return how many."""
+        spec = {"queues": self._dispatch_queues, "per_worker": self.settings.queued_jobs_per_worker}
+        return self._dispatch_script(args=[json.dumps(spec)], client=self.redis)
+
+    def jobs_waiting(self) -> dict[str, int]:
+        """Jobs waiting per queue: in its RQ queue and in every client's pending list."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name, queue in self.queues.items():
+            pipe.llen(queue.key)
+            pipe.get(keys.pending_count(name))
+        replies = pipe.execute()
+        return {name: replies[2 * i] + int(replies[2 * i + 1] or 0) for i, name in enumerate(self.queues)}
 
     # --- submitting -------------------------------------------------------
 
-    def submit(self, numbers: list[int]) -> dict[int, JobState | ProtocolError]:
+    def submit(self, numbers: list[int], clients: Sequence[str] = ()) -> dict[int, JobState | ProtocolError]:
         """Give every number a job: the one already computing or computed, or a new one.
+
+        ``clients[i]`` names who asked for ``numbers[i]`` (default: one
+        anonymous client): a new job waits in its client's pending list, for
+        its turn among the clients (jobs/lua/dispatch_lib.lua). A number asked
+        by several clients at once is the first one's job.
 
         One round trip, a Lua script (jobs/lua/submit.lua), whatever the number
         of requests: it reads each number's index entry and claims it for a new
@@ -64,25 +101,31 @@ class JobStore:
         the janitor (jobs/janitor.py) fails it within seconds, and the next
         request for the number gets a new job.
         """
-        wanted = list(dict.fromkeys(numbers))
+        clients = list(clients[: len(numbers)]) + [ANONYMOUS] * (len(numbers) - len(clients))
+        wanted: dict[int, str] = {}
+        for number, client in zip(numbers, clients):
+            wanted.setdefault(number, client)
         if not wanted:
             return {}
-        return self._claim([(number, "") for number in wanted])
+        return self._claim([(number, client, "") for number, client in wanted.items()])
 
-    def _claim(self, numbers: list[tuple[int, str]]) -> dict[int, JobState | ProtocolError]:
-        """Run the submit script for (number, stale task id or "") pairs."""
-        by_queue: dict[str, list[tuple[int, str]]] = {name: [] for name in self.queues}
-        for number, stale in numbers:
-            by_queue[queue_for(number, self.settings)].append((number, stale))
+    def _claim(self, numbers: list[tuple[int, str, str]]) -> dict[int, JobState | ProtocolError]:
+        """Run the submit script for (number, client, stale task id or "") triples."""
+        # A batch holds one client's numbers only: it waits for that client's turn.
+        groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        for number, client, stale in numbers:
+            groups.setdefault((queue_for(number, self.settings), client), []).append((number, stale))
         jobs, fields = [], []
-        for name, members in by_queue.items():
+        for (name, client), members in groups.items():
             for chunk in _chunks(members, self.settings.soft_batch_size if name == SOFT else 1):
-                jobs.append(self._new_job(name, chunk, fields))
+                jobs.append(self._new_job(name, client, chunk, fields))
         spec = {
             "prefix": {"payload": keys.payload(""), "task_job": keys.task_job(""), "by_number": keys.by_number(""),
                        "batch": keys.batch_members(""), "job": Job.redis_job_namespace_prefix},
             "queues_key": Queue.redis_queues_keys,
             "max_waiting": self.settings.max_queue_length,
+            "queues": self._dispatch_queues,
+            "per_worker": self.settings.queued_jobs_per_worker,
             "jobs": jobs,
         }
         flat = self._run_submit_script([json.dumps(spec), *fields])
@@ -121,7 +164,7 @@ class JobStore:
                                 f"within {self.settings.redis_replica_timeout_ms} ms")
         return flat
 
-    def _new_job(self, queue_name: str, members: list[tuple[int, str]], fields: list) -> dict:
+    def _new_job(self, queue_name: str, client: str, members: list[tuple[int, str]], fields: list) -> dict:
         """The submit script's description of a job for ``members``, its RQ hash appended to ``fields``.
 
         The script may leave some numbers out (another job has them); the job
@@ -158,7 +201,7 @@ class JobStore:
             fields += [field, value]
         return {
             "queue": queue_name,
-            "queue_key": queue.key,
+            "client": client,
             "job_id": job_id,
             "batch": batch,
             "ttl": self.settings.result_ttl_s + timeout + INDEX_SLACK_S,

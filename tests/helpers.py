@@ -88,3 +88,10 @@ def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def jobs_waiting(redis_client, queue: str) -> int:
+    """Jobs waiting for ``queue``: in the RQ queue and in the clients' pending lists (fair scheduling)."""
+    from jobs import keys
+
+    return redis_client.llen(f"rq:queue:{queue}") + int(redis_client.get(keys.pending_count(queue)) or 0)

@@ -2,8 +2,12 @@
 -- computed it, or a new one. Redis runs a script alone, so two servers that
 -- get the same number at the same instant cannot both make a job for it.
 --
+-- New jobs go to the back of their client's pending list, and the queues they
+-- joined are fed at once (dispatch_lib.lua, which this script is appended to).
+--
 -- ARGV[1]: JSON, {"prefix": {...key prefixes...}, "queues_key": ..., "max_waiting": N,
---          "jobs": [{"queue": name, "queue_key": ..., "job_id": ..., "batch": bool,
+--          "queues": {name: q (see dispatch_lib.lua), ...}, "per_worker": N,
+--          "jobs": [{"queue": name, "client": name, "job_id": ..., "batch": bool,
 --                    "ttl": s, "fields": [first ARGV index, count],
 --                    "members": [["number", task_id, stale task_id or ""], ...]}, ...]}
 -- ARGV[2..]: the new jobs' RQ hash fields and values (field, value, field, value, ...),
@@ -40,16 +44,17 @@ local function live_state(task_id)
 end
 
 local waiting = {}
-local function jobs_waiting(job)
-    if waiting[job.queue] == nil then
-        waiting[job.queue] = redis.call('LLEN', job.queue_key)
+local function waiting_for(name)
+    if waiting[name] == nil then
+        waiting[name] = jobs_waiting(spec.queues[name])
     end
-    return waiting[job.queue]
+    return waiting[name]
 end
 
 local answers = {}
 for _, job in ipairs(spec.jobs) do
-    local full = jobs_waiting(job) >= spec.max_waiting
+    local q = spec.queues[job.queue]
+    local full = waiting_for(job.queue) >= spec.max_waiting
     local members = {}
     for _, member in ipairs(job.members) do
         local number, task_id, stale = member[1], member[2], member[3]
@@ -80,10 +85,14 @@ for _, job in ipairs(spec.jobs) do
         end
         local first, count = job.fields[1], job.fields[2]
         redis.call('HSET', prefix.job .. job.job_id, unpack(ARGV, first, first + count - 1))
-        redis.call('SADD', spec.queues_key, job.queue_key)
-        redis.call('RPUSH', job.queue_key, job.job_id)
+        redis.call('SADD', spec.queues_key, q.queue_key)
+        add_pending(q, job.client, job.job_id)
         waiting[job.queue] = waiting[job.queue] + 1
     end
+end
+
+for name, _ in pairs(waiting) do
+    dispatch(spec.queues[name], spec.per_worker)
 end
 
 local flat = {}

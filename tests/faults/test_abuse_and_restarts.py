@@ -18,7 +18,7 @@ import pytest
 
 from settings import Settings
 from tests.conftest import ROOT, ServedApp, WorkerProcess
-from tests.helpers import Client, async_wait_until
+from tests.helpers import Client, async_wait_until, jobs_waiting
 
 log = logging.getLogger(__name__)
 TASK_ID = "0123456789abcdef0123456789abcdef"
@@ -27,7 +27,7 @@ PLANTED = "f" * 32
 
 
 def _jobs_in_redis(redis_client) -> int:
-    return redis_client.llen("rq:queue:soft") + redis_client.llen("rq:queue:hard") + len(
+    return jobs_waiting(redis_client, "soft") + jobs_waiting(redis_client, "hard") + len(
         redis_client.keys("rq:job:*"))
 
 
@@ -137,7 +137,7 @@ async def test_requests_over_the_in_flight_cap_get_rate_limited(settings, ws_url
     assert all(a["type"] == "result" for a in acks)
     refused = await client.ask({"type": "factorial", "number": 6000})
     assert refused["code"] == "rate_limited" and "in flight" in refused["result"]
-    assert redis_client.llen("rq:queue:hard") == 3
+    assert jobs_waiting(redis_client, "hard") == 3
     other = await Client.connect(ws_url)
     assert (await other.ask({"type": "factorial", "number": 6000}))["type"] == "result"
 
@@ -150,7 +150,7 @@ async def test_a_full_queue_answers_busy_and_accepts_again_once_drained(settings
     busy = await client.ask({"type": "factorial", "number": 102, "ref": "third"})
     assert busy == {"type": "error", "code": "busy", "result": busy["result"], "ref": "third"}
     assert "soft queue is full" in busy["result"]
-    assert redis_client.llen("rq:queue:soft") == 2
+    assert jobs_waiting(redis_client, "soft") == 2
     # The hard queue has its own room.
     assert (await client.ask({"type": "factorial", "number": 5000}))["type"] == "result"
     worker = WorkerProcess(redis_url).start()
@@ -342,7 +342,7 @@ async def test_500_clients_that_vanish_mid_job_leave_nothing_behind(settings, ap
     # Their jobs still run; their ends are delivered to nobody, and a new client is served.
     worker = WorkerProcess(redis_url).start()
     try:
-        await async_wait_until(lambda: redis_client.llen("rq:queue:hard") == 0, timeout=60,
+        await async_wait_until(lambda: jobs_waiting(redis_client, "hard") == 0, timeout=60,
                                what="the abandoned jobs to run")
         fresh = await Client.connect(ws_url)
         ack, done = await fresh.factorial(12)

@@ -14,7 +14,7 @@ import pytest
 
 from settings import Settings
 from tests.conftest import RedisServer, WorkerProcess
-from tests.helpers import Client, async_wait_until, child_pids, kill_quietly
+from tests.helpers import Client, async_wait_until, child_pids, jobs_waiting, kill_quietly
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ async def test_jobs_queued_before_a_redis_restart_are_not_lost(app, ws_url, redi
     assert [a["status"] for a in acks] == ["queued", "queued"]  # no worker runs
     redis_server.stop()  # SIGTERM: Redis syncs its append-only file and exits
     redis_server.start()
-    assert redis_client.llen("rq:queue:soft") == 1 and redis_client.llen("rq:queue:hard") == 1
+    assert jobs_waiting(redis_client, "soft") == 1 and jobs_waiting(redis_client, "hard") == 1
 
     worker = WorkerProcess(redis_url).start()
     try:

@@ -10,7 +10,7 @@ from redis import Redis
 
 from jobs import keys
 from jobs.factorial import factorial_digits
-from tests.helpers import free_port
+from tests.helpers import free_port, jobs_waiting
 
 
 async def post(http_client, base_url, body, raise_error=False):
@@ -92,7 +92,7 @@ async def test_bad_input_answers_400_with_the_protocol_error(http_client, base_u
     assert response.code == 400
     error = json.loads(response.body)
     assert error["type"] == "error" and error["code"] == code
-    assert redis_client.llen("rq:queue:soft") == 0 and redis_client.llen("rq:queue:hard") == 0
+    assert jobs_waiting(redis_client, "soft") == 0 and jobs_waiting(redis_client, "hard") == 0
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -6,7 +6,7 @@ import pytest
 from tornado.websocket import websocket_connect
 
 from jobs.factorial import factorial_digits
-from tests.helpers import Client, async_wait_until
+from tests.helpers import Client, async_wait_until, jobs_waiting
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -73,7 +73,7 @@ async def test_a_repeated_request_is_answered_from_the_stored_result(ws_url, red
     ack, done = await client.factorial(321)
     assert ack["task_id"] == first_ack["task_id"] and ack["status"] == "finished"
     assert done["result"] == factorial_digits(321)
-    assert redis_client.llen("rq:queue:soft") == 0
+    assert jobs_waiting(redis_client, "soft") == 0
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -129,7 +129,7 @@ async def test_bad_requests_get_their_error_and_the_connection_stays_usable(ws_u
     assert error["type"] == "error" and error["code"] == code
     if text:
         assert error["result"] == text
-    assert redis_client.llen("rq:queue:soft") + redis_client.llen("rq:queue:hard") == 0
+    assert jobs_waiting(redis_client, "soft") + jobs_waiting(redis_client, "hard") == 0
     _, done = await client.factorial(6)
     assert done["result"] == 720
 

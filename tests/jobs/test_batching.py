@@ -19,8 +19,7 @@ def test_one_submit_makes_one_soft_job_per_batch_and_one_hard_job_per_number(red
     store = JobStore(Redis.from_url(redis_url), Settings(redis_url=redis_url, soft_batch_size=40))
     answers = store.submit(list(range(100)) + [5000, 6000])
     assert len({state.task_id for state in answers.values()}) == 102
-    assert redis_client.llen("rq:queue:soft") == 3  # 40 + 40 + 20
-    assert redis_client.llen("rq:queue:hard") == 2
+    assert store.jobs_waiting() == {"soft": 3, "hard": 2}  # 40 + 40 + 20 soft numbers
     states = store.states([answers[7].task_id, answers[5000].task_id])
     assert [s.status for s in states.values()] == ["queued", "queued"]
 
@@ -38,7 +37,7 @@ async def test_requests_sent_together_share_jobs_but_not_task_ids(ws_url, redis_
     # No worker yet: every job is still queued. Frames that arrive while a
     # round trip is under way go together in the next one, so 90 frames sent
     # back to back make fewer jobs than requests (how many depends on timing).
-    jobs = redis_client.llen("rq:queue:soft")
+    jobs = JobStore(redis_client, Settings(redis_url=redis_url)).jobs_waiting()["soft"]
     assert 1 <= jobs < len(numbers)
 
     # A member of a batch can be looked up by its own id from another connection.

@@ -8,7 +8,8 @@ import threading
 import pytest
 from redis import Redis
 
-from jobs.store import JobStore
+from jobs import keys
+from jobs.store import ANONYMOUS, JobStore
 from settings import Settings
 from tests.conftest import ServedApp
 from tests.helpers import Client
@@ -35,6 +36,11 @@ def _submit_together(stores: list[JobStore], numbers: list[int]) -> list[dict]:
     return answers
 
 
+def _waiting_job_ids(redis_client, queue: str) -> list[bytes]:
+    """The jobs waiting for ``queue``, oldest first: in the RQ queue, then in one client's pending list."""
+    return redis_client.lrange(f"rq:queue:{queue}", 0, -1) + redis_client.lrange(keys.pending(queue, ANONYMOUS), 0, -1)
+
+
 @pytest.fixture
 def stores(redis_url):
     settings = Settings(redis_url=redis_url, soft_batch_size=10)
@@ -54,12 +60,12 @@ def test_stores_on_separate_connections_make_one_job_per_number(stores, redis_cl
             assert len({a[number].task_id for a in answers}) == 1, f"trial {trial}: {number} got several jobs"
     # Every job made is a job someone holds: none left over from a lost race.
     if hard:
-        assert redis_client.llen("rq:queue:hard") == TRIALS
+        assert stores[0].jobs_waiting()["hard"] == TRIALS
     else:
         # Each trial's three numbers went to one batch job; a server that
         # found all three taken made none.
-        assert redis_client.llen("rq:queue:soft") == TRIALS
-        for job_id in redis_client.lrange("rq:queue:soft", 0, -1):
+        assert stores[0].jobs_waiting()["soft"] == TRIALS
+        for job_id in _waiting_job_ids(redis_client, "soft"):
             assert redis_client.llen(b"factorial:batch:" + job_id) == 3
 
 
@@ -68,7 +74,7 @@ def test_a_batch_leaves_out_the_numbers_another_job_has(stores, redis_client):
     answers = stores[1].submit([6, 7, 8, 9])
     assert answers[7].task_id == taken[7].task_id and answers[8].task_id == taken[8].task_id
     assert answers[6].task_id != answers[9].task_id
-    newest = redis_client.lrange("rq:queue:soft", -1, -1)[0]
+    newest = _waiting_job_ids(redis_client, "soft")[-1]
     members = [m.decode().split(":")[0] for m in redis_client.lrange(b"factorial:batch:" + newest, 0, -1)]
     assert members == ["6", "9"]
 
@@ -84,8 +90,7 @@ async def test_two_server_processes_asked_at_once_make_one_job(redis_url, redis_
                 await asyncio.gather(*(c.send({"type": "factorial", "number": number}) for c in clients))
                 acks = await asyncio.gather(*(c.receive() for c in clients))
                 assert len({a["task_id"] for a in acks}) == 1, (number, acks)
-        assert redis_client.llen("rq:queue:hard") == 30
-        assert redis_client.llen("rq:queue:soft") == 30
+        assert JobStore(redis_client, Settings(redis_url=redis_url)).jobs_waiting() == {"soft": 30, "hard": 30}
     finally:
         for server in servers:
             server.stop()

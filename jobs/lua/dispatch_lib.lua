@@ -1,0 +1,49 @@
+-- Fair scheduling: moving jobs from the clients' pending lists into an RQ queue.
+--
+-- Each client has one list of waiting jobs per queue (keys.pending), and each
+-- queue a ring of the clients that have some (keys.pending_clients). The RQ
+-- queue is kept short: about QUEUED_JOBS_PER_WORKER jobs per worker serving
+-- it. Whenever it has room, the client at the head of the ring gives one job
+-- and goes to the back. So a light client's job waits behind about one job per
+-- busy client, plus the few already in the RQ queue, however long the busy
+-- clients' backlogs are. Workers stay stock RQ: they only ever see the RQ queue.
+--
+-- q: {queue_key, pending (prefix of the clients' lists), clients (the ring),
+--     count (jobs waiting in all lists), workers (RQ's set of workers on the queue)}
+local function dispatch(q, per_worker)
+    local target = math.max(1, redis.call('SCARD', q.workers)) * per_worker
+    local room = target - redis.call('LLEN', q.queue_key)
+    local moved = 0
+    -- Each turn either moves a job or drops a client with none left, so the
+    -- loop ends after at most room + (clients in the ring) turns.
+    while moved < room do
+        local client = redis.call('LPOP', q.clients)
+        if not client then
+            break
+        end
+        local pending_key = q.pending .. client
+        local job_id = redis.call('LPOP', pending_key)
+        if job_id then
+            redis.call('RPUSH', q.queue_key, job_id)
+            redis.call('DECR', q.count)
+            moved = moved + 1
+        end
+        if redis.call('LLEN', pending_key) > 0 then
+            redis.call('RPUSH', q.clients, client)
+        end
+    end
+    return moved
+end
+
+-- Jobs waiting for a queue: in the RQ queue and in every client's list.
+local function jobs_waiting(q)
+    return redis.call('LLEN', q.queue_key) + tonumber(redis.call('GET', q.count) or '0')
+end
+
+-- Add a job to the back of its client's list; a client with no list yet joins the ring.
+local function add_pending(q, client, job_id)
+    if redis.call('RPUSH', q.pending .. client, job_id) == 1 then
+        redis.call('RPUSH', q.clients, client)
+    end
+    redis.call('INCR', q.count)
+end
