@@ -29,7 +29,9 @@ def quick(monkeypatch):
 
 @pytest.fixture
 def store(redis_client, redis_url):
-    return JobStore(redis_client, Settings(redis_url=redis_url))
+    # Room for every job in its RQ queue at once (no fair-share waiting), as
+    # these tests take jobs from the queues the way workers do.
+    return JobStore(redis_client, Settings(redis_url=redis_url, queued_jobs_per_worker=100))
 
 
 def trusted_janitor(redis_client) -> Janitor:
