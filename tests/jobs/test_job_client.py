@@ -14,7 +14,7 @@ from jobs.store import JobStore
 from protocol import ErrorCode, ProtocolError
 from server import connect_redis
 from settings import Settings
-from tests.helpers import free_port
+from tests.helpers import free_port, jobs_waiting
 
 UNKNOWN = "0123456789abcdef0123456789abcdef"
 
@@ -48,7 +48,7 @@ async def test_requests_made_in_one_loop_pass_go_to_redis_in_one_round_trip(job_
     assert [a.status for a in acks] == [QUEUED] * len(numbers) and len({a.task_id for a in acks}) == len(numbers)
     assert {s.status for s in states} == {MISSING}
     # 0!'s job, then 200 soft numbers in batches of 50; and 10 hard jobs.
-    assert redis_client.llen("rq:queue:soft") == 1 + 4 and redis_client.llen("rq:queue:hard") == 10
+    assert jobs_waiting(redis_client, "soft") == 1 + 4 and jobs_waiting(redis_client, "hard") == 10
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -29,8 +29,13 @@ def make_store(redis_url: str, **changes) -> JobStore:
 
 def finished(store: JobStore, task_ids: list[str], timeout: float = 30):
     """Wait until every task has finished; return their states."""
-    return wait_until(lambda: (lambda s: s if all(v.status == FINISHED for v in s.values()) else None)(
-        store.states(task_ids)), timeout=timeout, what=f"{len(task_ids)} tasks to finish")
+
+    def all_finished():
+        store.dispatch()  # no server runs here to feed the RQ queues from the pending lists
+        states = store.states(task_ids)
+        return states if all(v.status == FINISHED for v in states.values()) else None
+
+    return wait_until(all_finished, timeout=timeout, what=f"{len(task_ids)} tasks to finish")
 
 
 def test_identical_numbers_share_one_task_id_and_distinct_numbers_do_not(redis_url):
