@@ -23,7 +23,7 @@ from jobs import keys
 from jobs.quota import Admission, QuotaStore
 from settings import Settings
 from tests.conftest import ServedApp
-from tests.helpers import Client, async_wait_until, wait_until
+from tests.helpers import Client, async_wait_until, wait_until, jobs_waiting
 
 HARD = 200_000  # a hard number: with no worker running its job stays queued
 
@@ -168,7 +168,7 @@ async def test_requests_in_flight_are_counted_across_two_servers_and_refused_one
         for n in refused:
             assert answers[n]["code"] == "rate_limited" and "at most 4 unanswered" in answers[n]["result"]
             assert not redis_client.exists(keys.by_number(n))  # nothing enqueued for it
-        assert redis_client.llen("rq:queue:hard") == 4
+        assert jobs_waiting(redis_client, "hard") == 4
         # A lookup is a request too; a light client elsewhere is not affected.
         light = await Client.connect(HTTPRequest(ws(a), network_interface="127.0.0.2"))
         assert (await light.ask({"type": "factorial", "number": HARD + 10}))["type"] == "result"
