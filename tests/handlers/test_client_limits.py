@@ -22,7 +22,7 @@ from handlers.limits import ClientCounts
 from jobs import keys
 from jobs.quota import Admission, QuotaStore
 from settings import Settings
-from tests.conftest import ServedApp
+from tests.conftest import ServedApp, WorkerProcess
 from tests.helpers import Client, async_wait_until, wait_until, jobs_waiting
 
 HARD = 200_000  # a hard number: with no worker running its job stays queued
@@ -318,3 +318,34 @@ def test_counting_off_keeps_nothing():
     counts = ClientCounts(enabled=False)
     counts.join("198.18.0.1", Member(1))
     assert not counts.active and counts.take([], everyone=True) == {}
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_jobs_accepted_over_http_count_in_flight_until_they_end(servers, redis_url):
+    server = servers(1, client_max_in_flight=2)[0]
+    http = AsyncHTTPClient()
+
+    async def post(n: int):
+        response = await http.fetch(f"http://127.0.0.1:{server.port}/api/factorial", method="POST",
+                                    body=json.dumps({"number": n}), raise_error=False)
+        return response.code, json.loads(response.body)
+
+    assert [(await post(n))[0] for n in (HARD, HARD + 1)] == [202, 202]
+    code, body = await post(HARD + 2)
+    assert code == 429 and "at most 2 unanswered" in body["result"]
+    # The same client on a WebSocket shares the count.
+    socket = await Client.connect(ws(server))
+    try:
+        refused = await socket.ask({"type": "factorial", "number": 5})
+        assert refused["code"] == "rate_limited"
+        # Once the jobs end, the client may ask again.
+        worker = WorkerProcess(redis_url).start()
+        try:
+            deadline = time.monotonic() + 60
+            while (await post(HARD + 3))[0] != 202:
+                assert time.monotonic() < deadline, "the ended jobs still counted after 60 s"
+                await asyncio.sleep(0.2)
+        finally:
+            worker.stop()
+    finally:
+        socket.close()
