@@ -33,7 +33,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 
 from settings import Settings
 from tests.conftest import RedisServer, ServedApp, WorkerProcess
-from tests.helpers import Client, free_port
+from tests.helpers import Client, free_port, jobs_waiting
 
 HEAVY_FIRST_N = 50_000
 LIGHT_BIG_FIRST_N = 100_000
@@ -142,7 +142,7 @@ async def scenario(url: str, redis_url: str, connections: int, requests_each: in
     async def watch_queue():
         nonlocal peak
         while True:
-            peak = max(peak, redis.llen("rq:queue:hard"))
+            peak = max(peak, jobs_waiting(redis, "hard"))
             await asyncio.sleep(0.25)
 
     watcher = asyncio.ensure_future(watch_queue())
