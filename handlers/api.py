@@ -96,6 +96,8 @@ class _ApiHandler(JsonRequestHandler):
     def reply_error(self, err: ProtocolError, ref=None) -> None:
         if err.code == ErrorCode.UNAUTHORIZED:
             self.set_header("WWW-Authenticate", 'Bearer realm="factorial"')
+        elif err.code == ErrorCode.RATE_LIMITED:
+            self.set_header("Retry-After", "1")  # seconds: the rate's bucket refills within one
         self.reply(_HTTP_STATUS.get(err.code, 400), protocol.error(err, ref))
 
 

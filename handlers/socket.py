@@ -69,6 +69,8 @@ class FactorialSocket(WebSocketHandler):
         self.set_header("Content-Type", "application/json")
         if status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="factorial"')
+        elif status == 429:
+            self.set_header("Retry-After", "1")  # seconds; a connection closing anywhere frees a place
         self.finish(protocol.error(err))
 
     def finish(self, chunk=None):

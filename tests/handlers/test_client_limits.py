@@ -45,6 +45,7 @@ async def handshake(server: ServedApp, source: str | None = None, **headers):
 def refused_with(outcome, status: int, words: str) -> bool:
     if not isinstance(outcome, HTTPClientError) or outcome.code != status:
         return False
+    assert outcome.response.headers.get("Retry-After") == "1"
     body = json.loads(outcome.response.body)
     return body["type"] == "error" and body["code"] == "rate_limited" and words in body["result"]
 
@@ -332,7 +333,7 @@ async def test_jobs_accepted_over_http_count_in_flight_until_they_end(servers, r
 
     assert [(await post(n))[0] for n in (HARD, HARD + 1)] == [202, 202]
     code, body = await post(HARD + 2)
-    assert code == 429 and "at most 2 unanswered" in body["result"]
+    assert code == 429 and "at most 2 unanswered" in body["result"] and body["code"] == "rate_limited"
     # The same client on a WebSocket shares the count.
     socket = await Client.connect(ws(server))
     try:
