@@ -309,10 +309,11 @@ class JobClient:
 
     def _read_events_and_payloads(self, cursor: str, block_ms: int, waiting: Container[str]):
         cursor, found = self.store.read_events(cursor, block_ms)
-        self._dispatch(soon=bool(found))
         # ``waiting`` is read while the IOLoop may change it: a job missed here
         # is fetched by the caller, so a stale view costs a round trip, not a result.
         finished = [e.task_id for e in found if e.state == FINISHED and e.task_id in waiting]
+        if self._dispatch_due(soon=bool(found)):
+            return cursor, found, self.store.payloads_and_dispatch(finished)
         return cursor, found, self.store.payloads(finished)
 
     def recover_orphans(self) -> Awaitable[None]:
@@ -328,8 +329,8 @@ class JobClient:
             log.exception("Orphan recovery failed")
             self.on_internal_error("janitor")
 
-    def _dispatch(self, soon: bool) -> None:
-        """Feed the RQ queues from the pending lists (fair scheduling), on the events thread.
+    def _dispatch_due(self, soon: bool) -> bool:
+        """Whether to feed the RQ queues from the pending lists (fair scheduling) now, on the events thread.
 
         Job events mean jobs left the RQ queues, so they make room: dispatch
         then. Otherwise every DISPATCH_INTERVAL_S, for ends without an event,
@@ -339,7 +340,8 @@ class JobClient:
         now = time.monotonic()
         if soon or now - self._dispatched_at >= DISPATCH_INTERVAL_S:
             self._dispatched_at = now
-            self.store.dispatch()
+            return True
+        return False
 
     def run(self, fn: Callable[..., T], *args) -> Awaitable[T]:
         """Run a blocking call (Redis) on this client's threads, never on the IOLoop."""

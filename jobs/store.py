@@ -12,6 +12,7 @@ import uuid
 from typing import Sequence
 
 from redis import Redis
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Callback, Queue
 from rq.job import Job, JobStatus
@@ -72,8 +73,32 @@ class JobStore:
 
     def dispatch(self) -> int:
         """Move waiting jobs into the RQ queues that have room, round robin across clients; return how many."""
-        spec = {"queues": self._dispatch_queues, "per_worker": self.settings.queued_jobs_per_worker}
-        return self._dispatch_script(args=[json.dumps(spec)], client=self.redis)
+        return self._dispatch_script(args=[self._dispatch_spec()], client=self.redis)
+
+    def _dispatch_spec(self) -> str:
+        return json.dumps({"queues": self._dispatch_queues, "per_worker": self.settings.queued_jobs_per_worker})
+
+    def payloads_and_dispatch(self, task_ids: list[str]) -> dict[str, bytes]:
+        """``payloads(task_ids)`` and a ``dispatch()``, in one round trip.
+
+        Job events make room in the RQ queues and finish the jobs whose
+        payloads are then fetched: both go together, so a job's end reaches
+        its clients one round trip sooner. The script goes by its hash, as
+        redis-py's own pipelined scripts would after one more round trip to
+        check that Redis has it; when Redis has lost it (a restart), the
+        plain calls load it again.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        if task_ids:
+            pipe.mget([keys.payload(task_id) for task_id in task_ids])
+        pipe.evalsha(self._dispatch_script.sha, 0, self._dispatch_spec())
+        try:
+            replies = pipe.execute()
+        except NoScriptError:
+            self.dispatch()
+            return self.payloads(task_ids)
+        values = replies[0] if task_ids else []
+        return {task_id: value for task_id, value in zip(task_ids, values) if value}
 
     def jobs_waiting(self) -> dict[str, int]:
         """Jobs waiting per queue: in its RQ queue and in every client's pending list."""
