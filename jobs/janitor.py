@@ -52,7 +52,9 @@ from jobs.routing import QUEUES
 log = logging.getLogger(__name__)
 
 BEAT_S = 1.0
-ALIVE_TTL_S = 3.0
+# Long enough that a live worker starved of CPU for a few seconds on a busy host
+# is not taken for dead; short enough that a dead one is answered within 10 s.
+ALIVE_TTL_S = 5.0
 UNSTARTED_GRACE_S = 3.0
 # The first-seen key lives this long; its remaining TTL tells its age.
 UNSTARTED_KEY_TTL_S = 60.0

@@ -136,19 +136,31 @@ class LaneWorker(Worker):
                 pause = min(pause * 2, RECONNECT_MAX_S)
 
     def settle_interrupted(self, job: Job, queue: Queue, entry: str = "") -> None:
-        """After an outage during ``job`` (its horse gone): put it back unless its end was recorded."""
-        self.wait_for_redis()
-        if not entry:
-            prefix = f"{job.id}:"
-            entries = [e.decode() for e in self.connection.zrange(queue.started_job_registry.key, 0, -1)]
-            entry = next((e for e in entries if e.startswith(prefix)), "")
+        """After an outage during ``job`` (its horse gone): put it back unless its end was recorded.
+
+        Tried again until Redis lets it through: a Redis that comes back only
+        briefly must not end the worker either.
+        """
         self._settled_job_id = job.id
-        outcome = put_back(self.connection, queue, job.id, entry, own=True)
+        while True:
+            self.wait_for_redis()
+            try:
+                outcome = self._put_back_own(job, queue, entry)
+                break
+            except OUTAGE_ERRORS as exc:
+                self.log.warning("Redis unreachable again while settling job %s (%s)", job.id, exc)
         if outcome == "requeued":
             self.log.warning("Job %s was interrupted by a Redis outage; requeued at the front of %s",
                              job.id, queue.name)
         elif outcome == "exhausted":
             fail(self.connection, job.id, REQUEUES_EXHAUSTED_REASON)
+
+    def _put_back_own(self, job: Job, queue: Queue, entry: str) -> str | None:
+        if not entry:
+            prefix = f"{job.id}:"
+            entries = [e.decode() for e in self.connection.zrange(queue.started_job_registry.key, 0, -1)]
+            entry = next((e for e in entries if e.startswith(prefix)), "")
+        return put_back(self.connection, queue, job.id, entry, own=True)
 
     # --- running a job -------------------------------------------------------------
 
