@@ -18,7 +18,9 @@ const list = document.getElementById("jobs");
 const connectionLabel = document.getElementById("connection");
 
 function socketUrl() {
-  return location.origin.replace(/^http/, "ws") + "/ws";
+  // A page opened as /?api_key=KEY hands its key on: a browser's WebSocket cannot send headers.
+  const key = new URLSearchParams(location.search).get("api_key");
+  return location.origin.replace(/^http/, "ws") + "/ws" + (key ? "?api_key=" + encodeURIComponent(key) : "");
 }
 
 function setConnection(state, text) {

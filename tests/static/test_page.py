@@ -232,3 +232,18 @@ def test_the_readme_console_snippet_prints_what_it_promises(page, served_app, wo
     wait_until(lambda: expected in logged or page.wait_for_timeout(50), timeout=30,
                what=f"the console to print {expected!r} (got {logged})")
     assert expected == "456574 digits: 28242294079603478742…"
+
+
+def test_a_page_opened_with_an_api_key_connects_with_it(page, redis_url, worker):
+    server = ServedApp(redis_url, api_keys="alice:s3cret/+key", api_keys_required="true").start()
+    try:
+        page.goto(server.http_url + "/?api_key=s3cret%2F%2Bkey")
+        page.wait_for_selector('#connection[data-state="open"]')
+        submit(page, 6)
+        job(page, 6).and_(page.locator('[data-state="done"]')).wait_for(timeout=15000)
+        assert job(page, 6).locator(".result").inner_text() == "720"
+        # Without the key the same page cannot connect.
+        page.goto(server.http_url + "/")
+        page.wait_for_selector('#connection[data-state="closed"]', timeout=10000)  # refused with 401
+    finally:
+        server.stop()
