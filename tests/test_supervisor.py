@@ -73,3 +73,18 @@ async def test_three_processes_share_the_port_a_killed_one_is_replaced_and_sigte
         assert not any(alive(pid) for pid in replaced)
     finally:
         served.stop()
+
+
+@pytest.mark.slow
+def test_children_do_not_outlive_a_killed_supervisor(redis_url):
+    served = ServedApp(redis_url, web_processes=2)
+    try:
+        served.start()
+        kids = wait_until(lambda: (lambda c: c if len(c) == 2 else None)(children(served.process.pid)),
+                          timeout=20, what="two children")
+        served.process.kill()
+        served.process.wait()
+        wait_until(lambda: not any(alive(pid) for pid in kids), timeout=15,
+                   what="the children to exit after their supervisor's death")
+    finally:
+        served.stop()
