@@ -75,7 +75,8 @@ class PatientClient:
         for task_id, number in self.acked.items():
             finals = self.finals.get(task_id, [])
             if len(finals) != 1:
-                problems.append(f"{number}! ({task_id}): {len(finals)} final answers")
+                problems.append(f"{number}! ({task_id}): {len(finals)} final answers: "
+                                + "; ".join(f"{f['type']} {f.get('code', '')} ref={f.get('ref')}" for f in finals))
             elif finals[0]["type"] != "success":
                 problems.append(f"{number}! ({task_id}): {finals[0]}")
             elif finals[0]["digits"] != len(str(gmpy2.fac(number))):
