@@ -165,11 +165,7 @@ def main() -> None:
 
 
 def run(main_coroutine, event_loop: str = "uvloop"):
-    """Run the server's coroutine on the chosen event loop (settings.EVENT_LOOPS).
-
-    uvloop: at 100 clients, twice the jobs per second of the standard loop in
-    one interleaved comparison, for 12% less server CPU per job (docs/performance.md).
-    """
+    """Run the server's coroutine on the chosen event loop (settings.EVENT_LOOPS); the two compared in docs/performance.md."""
     if event_loop == "uvloop":
         return uvloop.run(main_coroutine)
     return asyncio.run(main_coroutine)

@@ -110,8 +110,8 @@ def summarize(raw: Path, jobs: int, stages) -> str:
     waiting: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for line in raw.read_text().splitlines():
         stack_text, _, count_text = line.rpartition(" ")
-        if not stack_text:
-            continue
+        if not stack_text or not count_text.isdigit():
+            continue  # a frame name broken over lines by py-spy
         frames = stack_text.split(";")
         thread = frames[0].rsplit(":", 1)[-1].strip().rstrip("0123456789_") or "thread"
         if stages is WORKER_STAGES and thread != "MainThread":
