@@ -33,6 +33,7 @@ class ErrorCode(str, Enum):
     TIMEOUT = "timeout"
     JOB_FAILED = "job_failed"
     RATE_LIMITED = "rate_limited"
+    CANCELLED = "cancelled"
     BUSY = "busy"
     UNAVAILABLE = "unavailable"
     # Not in the protocol's table: a "ref" that is neither a string of at most
@@ -94,7 +95,13 @@ class ResultRequest:
     ref: Union[str, int, None] = None
 
 
-Request = Union[FactorialRequest, ResultRequest]
+@dataclass(frozen=True)
+class CancelRequest:
+    task_id: str
+    ref: Union[str, int, None] = None
+
+
+Request = Union[FactorialRequest, ResultRequest, CancelRequest]
 
 
 class _LongIntLiteral(str):
@@ -142,6 +149,8 @@ def parse_message(message: dict, max_number: int) -> Request:
         return FactorialRequest(_parse_number(message, max_number, ref), ref)
     if kind == "result":
         return ResultRequest(_parse_task_id(message, ref), ref)
+    if kind == "cancel":
+        return CancelRequest(_parse_task_id(message, ref), ref)
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE, ref=ref)
 
 
@@ -222,6 +231,11 @@ def ack(task_id: str, status: str, queue: str, ref=None) -> str:
 
 def status(task_id: str, state: str, ref=None) -> str:
     return _dumps(_with_ref({"type": "status", "task_id": task_id, "status": state}, ref))
+
+
+def cancelled(task_id: str, job: str, ref=None) -> str:
+    """The answer to ``cancel``; ``job`` is ``stopped``, ``continues`` or ``ended``."""
+    return _dumps(_with_ref({"type": "cancelled", "task_id": task_id, "job": job}, ref))
 
 
 def error(err: ProtocolError, ref=None) -> str:

@@ -165,3 +165,13 @@ class TaskApiHandler(_ApiHandler):
             self.reply(200, protocol.error(answer))
         else:
             self.reply(200, answer)
+
+    async def delete(self, task_id: str) -> None:
+        """Cancel: an HTTP client waits for nothing, so the job stops unless someone else waits for it."""
+        try:
+            request = protocol.parse_message({"type": "cancel", "task_id": task_id}, self.context.settings.max_number)
+            outcome = await self.context.jobs.cancel(request.task_id, self.context.delivery.server_id, False)
+        except ProtocolError as err:
+            self.reply_error(err)
+            return
+        self.reply(200, protocol.cancelled(request.task_id, outcome))

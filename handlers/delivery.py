@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from typing import Hashable, Iterable, Protocol
 
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 RECENT_EVENTS_S = 30.0
 # After Redis could not be reached, wait this long before trying again.
 RETRY_AFTER_S = 0.5
+# Each server rewrites its whole set of waited-for tasks this often; Redis
+# drops the set this long after its last write (a dead server's waits).
+WAITS_REWRITE_S = 1.0
+WAITS_TTL_S = 5.0
 # Hand control back to the IOLoop after writing this many bytes, so a big
 # result sent to many connections never holds the loop for long.
 WRITE_SLICE_BYTES = 4 * 1024 * 1024
@@ -56,11 +61,20 @@ class ResultDelivery:
         self._recovery: asyncio.Future | None = None
         self._next_recovery = 0.0
         self._callback = PeriodicCallback(self._tick, 1)
+        # Which tasks this process's connections wait for, as other servers
+        # see it (a cancel elsewhere stops a job only if no one waits here).
+        self.server_id = uuid.uuid4().hex
+        self._waits_added: set[str] = set()
+        self._waits_removed: set[str] = set()
+        self._waits_rewrite_at = 0.0
 
     # --- the API the handlers use -------------------------------------------
 
     def watch(self, task_id: str, subscriber: Subscriber, ref=None, state: str = "") -> None:
         """Send ``subscriber`` the job's result (or error) when it ends."""
+        if task_id not in self._waiting:
+            self._waits_added.add(task_id)
+            self._waits_removed.discard(task_id)
         self._waiting.setdefault(task_id, {}).setdefault(subscriber, []).append(ref)
         self._by_subscriber.setdefault(subscriber, set()).add(task_id)
         if state == STARTED:
@@ -77,8 +91,30 @@ class ResultDelivery:
             if waiters is not None:
                 waiters.pop(subscriber, None)
                 if not waiters:
-                    del self._waiting[task_id]
-                    self._started.discard(task_id)
+                    self._no_more_waits(task_id)
+
+    def others_wait(self, task_id: str, subscriber: Subscriber) -> bool:
+        """Whether a connection other than ``subscriber`` waits here for the task."""
+        return any(other is not subscriber for other in self._waiting.get(task_id, ()))
+
+    def unwatch(self, task_id: str, subscriber: Subscriber) -> None:
+        """``subscriber`` waits no more for the task (it cancelled it): nothing more is sent to it about it."""
+        ids = self._by_subscriber.get(subscriber)
+        if ids is not None:
+            ids.discard(task_id)
+            if not ids:
+                del self._by_subscriber[subscriber]
+        waiters = self._waiting.get(task_id)
+        if waiters is not None:
+            waiters.pop(subscriber, None)
+            if not waiters:
+                self._no_more_waits(task_id)
+
+    def _no_more_waits(self, task_id: str) -> None:
+        del self._waiting[task_id]
+        self._started.discard(task_id)
+        self._waits_removed.add(task_id)
+        self._waits_added.discard(task_id)
 
     def waits_of(self, subscriber: Subscriber) -> int:
         return len(self._by_subscriber.get(subscriber, ()))
@@ -115,12 +151,34 @@ class ResultDelivery:
             if self._waiting and time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self.settings.sweep_interval_s
                 await self._sweep()
+            await self._share_waits()
         except OUTAGE_ERRORS:  # logged once per outage by the job client
             self._retry_at = time.monotonic() + RETRY_AFTER_S
         except Exception:  # noqa: BLE001 - a bug must not stop every delivery for good
             log.exception("Delivery tick failed; retrying in %.1f s", RETRY_AFTER_S)
             self.jobs.on_internal_error("delivery")
             self._retry_at = time.monotonic() + RETRY_AFTER_S
+
+    async def _share_waits(self) -> None:
+        """Write the changes to this process's waits to Redis, and the whole set every WAITS_REWRITE_S.
+
+        The entry expires WAITS_TTL_S after the last write, so a server that
+        died stops counting as a waiter for cancels elsewhere.
+        """
+        now = time.monotonic()
+        rewrite = now >= self._waits_rewrite_at
+        if not (rewrite or self._waits_added or self._waits_removed):
+            return
+        added, self._waits_added = self._waits_added, set()
+        removed, self._waits_removed = self._waits_removed, set()
+        everything = set(self._waiting) if rewrite else None
+        try:
+            await self.jobs.run(self.jobs.store.sync_waits, self.server_id, added, removed, everything, WAITS_TTL_S)
+        except BaseException:
+            self._waits_rewrite_at = 0.0  # write it all again next time
+            raise
+        if rewrite:
+            self._waits_rewrite_at = now + WAITS_REWRITE_S
 
     def _recover_orphans(self, now: float) -> None:
         """Every server takes part in recovering jobs whose worker died: when every
@@ -176,6 +234,9 @@ class ResultDelivery:
     async def _finish(self, task_id: str, answer: bytes | ProtocolError) -> None:
         waiters = self._waiting.pop(task_id, None)
         self._started.discard(task_id)
+        if waiters:
+            self._waits_removed.add(task_id)
+            self._waits_added.discard(task_id)
         if not waiters:
             return
         written = 0

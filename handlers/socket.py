@@ -16,7 +16,7 @@ from handlers.errors import http_error
 from handlers.drain import SERVICE_RESTART, SERVICE_RESTART_TEXT
 from handlers.limits import RequestBudget
 from jobs.states import MISSING, JobState
-from protocol import ErrorCode, FactorialRequest, ProtocolError, Request, ResultRequest
+from protocol import CancelRequest, ErrorCode, FactorialRequest, ProtocolError, Request, ResultRequest
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,10 @@ class FactorialSocket(WebSocketHandler):
             return None
         if isinstance(request, FactorialRequest):
             self._queue_answer(request, self.context.jobs.submit(request.number, self.client))
+        elif isinstance(request, CancelRequest):
+            delivery = self.context.delivery
+            others_here = delivery.others_wait(request.task_id, self)
+            self._queue_answer(request, self.context.jobs.cancel(request.task_id, delivery.server_id, others_here))
         else:
             self._queue_answer(request, self.context.jobs.lookup(request.task_id, self.client))
 
@@ -181,6 +185,13 @@ class FactorialSocket(WebSocketHandler):
 
     def _answer(self, request: Request, state: JobState, asked_at: float) -> None:
         ref = request.ref
+        if isinstance(request, CancelRequest):
+            # Answered in order: requests before it (which may have started a
+            # wait) are answered already, and nothing more about it follows.
+            self.context.delivery.unwatch(request.task_id, self)
+            self._asked_at.pop(request.task_id, None)
+            self.send(protocol.cancelled(request.task_id, state, ref))
+            return
         if isinstance(request, FactorialRequest):
             self.send(protocol.ack(state.task_id, state.status, state.queue, ref))
             self.context.metrics.job_accepted(state.queue, state.status)

@@ -23,7 +23,7 @@ from jobs.janitor import Janitor
 from jobs.quota import Admission, QuotaStore, Verdict, refusal
 from jobs.states import FINISHED, Event, JobState
 from jobs.store import ANONYMOUS, JobStore
-from protocol import ErrorCode, ProtocolError
+from protocol import ErrorCode, ProtocolError, unknown_task
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -287,6 +287,20 @@ class JobClient:
         self._schedule_flush()
 
     # --- direct calls ---------------------------------------------------------
+
+    def cancel(self, task_id: str, server_id: str, others_here: bool) -> "asyncio.Future[str]":
+        """Cancel a task (jobs.store.JobStore.cancel): ``stopped``, ``continues`` or ``ended``;
+        fails with ``unknown_task_id``, or ``unavailable``."""
+        return asyncio.ensure_future(self._cancel(task_id, server_id, others_here))
+
+    async def _cancel(self, task_id: str, server_id: str, others_here: bool) -> str:
+        try:
+            outcome = await self.run(self.store.cancel, task_id, server_id, others_here)
+        except OUTAGE_ERRORS:
+            raise unavailable() from None
+        if outcome == "unknown":
+            raise unknown_task(task_id)
+        return outcome
 
     def states(self, task_ids: list[str]) -> Awaitable[dict[str, JobState]]:
         return self.run(self.store.states, task_ids)

@@ -73,3 +73,17 @@ def pending_clients(queue: str) -> str:
 def pending_count(queue: str) -> str:
     """How many jobs wait for ``queue`` in all clients' lists together."""
     return f"factorial:pending-count:{queue}"
+
+
+def cancelled(task_id: str) -> str:
+    """Set when a task was cancelled and its job stopped: a lookup answers ``cancelled``."""
+    return f"factorial:cancelled:{task_id}"
+
+
+# The servers that may be waiting for jobs (cancel asks each of them).
+WAITING_SERVERS = "factorial:waiting-servers"
+
+
+def waits_of(server_id: str) -> str:
+    """The task ids a server's connections wait for; Redis expires it when the server stops refreshing it."""
+    return f"factorial:waits:{server_id}"

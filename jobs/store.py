@@ -15,6 +15,8 @@ from redis import Redis
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Callback, Queue
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.utils import now as rq_now
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
@@ -59,6 +61,7 @@ class JobStore:
         self.queues = {name: Queue(name, connection=redis) for name in QUEUES}
         self._submit_script = scripts.load(redis, "dispatch_lib", "submit")
         self._dispatch_script = scripts.load(redis, "dispatch_lib", "dispatch")
+        self._cancel_script = scripts.load(redis, "cancel")
         # What the dispatcher needs to know of each queue (jobs/lua/dispatch_lib.lua).
         self._dispatch_queues = {
             name: {
@@ -67,9 +70,58 @@ class JobStore:
                 "clients": keys.pending_clients(name),
                 "count": keys.pending_count(name),
                 "workers": WORKERS_BY_QUEUE_KEY % name,
+                "job_prefix": Job.redis_job_namespace_prefix,
             }
             for name, queue in self.queues.items()
         }
+
+    # --- cancelling ---------------------------------------------------------
+
+    def cancel(self, task_id: str, server_id: str, others_here: bool) -> str:
+        """Cancel a task for one connection of server ``server_id``: stopped, continues, ended or unknown.
+
+        The job is stopped only when no one else waits for it: not another
+        connection of this server (``others_here``), nor one of another live
+        server (``sync_waits``). A queued job is taken off its queue or pending
+        list; a running one's worker is told to stop it.
+        """
+        spec = {
+            "task_id": task_id, "server": server_id, "others_here": others_here,
+            "ttl": self.settings.failure_ttl_s,
+            "prefix": {"payload": keys.payload(""), "task_job": keys.task_job(""), "job": Job.redis_job_namespace_prefix,
+                       "batch": keys.batch_members(""), "cancelled": keys.cancelled(""), "waits": keys.waits_of("")},
+            "servers_key": keys.WAITING_SERVERS,
+            "queue_keys": {name: queue.key for name, queue in self.queues.items()},
+        }
+        outcome, job_id = (value.decode() for value in self._cancel_script(args=[json.dumps(spec)], client=self.redis))
+        if outcome == "stop":
+            try:
+                send_stop_job_command(self.redis, job_id)
+            except (InvalidJobOperation, NoSuchJobError):
+                pass  # it ended meanwhile; the mark still answers later lookups with "cancelled"
+            outcome = "stopped"
+        return outcome
+
+    def sync_waits(self, server_id: str, added: set[str], removed: set[str], everything: set[str] | None,
+                   ttl_s: float) -> None:
+        """Tell other servers which tasks this server's connections wait for (cancel asks them).
+
+        Changes go as they happen; ``everything`` (the whole set) when the
+        entry must be written anew. The entry expires ``ttl_s`` after the last
+        call, so a server that dies stops counting as a waiter.
+        """
+        key = keys.waits_of(server_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.sadd(keys.WAITING_SERVERS, server_id)
+        if everything is not None:
+            pipe.delete(key)
+            added, removed = everything, set()
+        if added:
+            pipe.sadd(key, *added)
+        if removed:
+            pipe.srem(key, *removed)
+        pipe.pexpire(key, int(ttl_s * 1000))
+        pipe.execute()
 
     def dispatch(self) -> int:
         """Move waiting jobs into the RQ queues that have room, round robin across clients; return how many."""
@@ -146,7 +198,8 @@ class JobStore:
                 jobs.append(self._new_job(name, client, chunk, fields))
         spec = {
             "prefix": {"payload": keys.payload(""), "task_job": keys.task_job(""), "by_number": keys.by_number(""),
-                       "batch": keys.batch_members(""), "job": Job.redis_job_namespace_prefix},
+                       "batch": keys.batch_members(""), "job": Job.redis_job_namespace_prefix,
+                       "cancelled": keys.cancelled("")},
             "queues_key": Queue.redis_queues_keys,
             "max_waiting": self.settings.max_queue_length,
             "queues": self._dispatch_queues,
@@ -248,10 +301,12 @@ class JobStore:
             pipe.get(keys.payload(task_id))
             pipe.get(keys.task_job(task_id))
             pipe.hmget(Job.key_for(task_id), *_JOB_FIELDS)
+            pipe.exists(keys.cancelled(task_id))
         replies = pipe.execute()
-        payloads = dict(zip(task_ids, replies[0::3]))
-        job_ids = {t: (batch.decode() if batch else t) for t, batch in zip(task_ids, replies[1::3])}
-        fields = dict(zip(task_ids, replies[2::3]))
+        payloads = dict(zip(task_ids, replies[0::4]))
+        job_ids = {t: (batch.decode() if batch else t) for t, batch in zip(task_ids, replies[1::4])}
+        fields = dict(zip(task_ids, replies[2::4]))
+        cancelled = {t for t, mark in zip(task_ids, replies[3::4]) if mark}
 
         in_batches = [t for t in task_ids if not payloads[t] and job_ids[t] != t]
         if in_batches:
@@ -266,7 +321,8 @@ class JobStore:
         late = [t for t in task_ids if not payloads[t] and fields[t][0] == b"finished"]
         if late:
             payloads.update(self.payloads(late))
-        return {t: self._state(t, job_ids[t], payloads[t], fields[t]) for t in task_ids}
+        return {t: (_cancelled(t, fields[t]) if t in cancelled and not payloads[t]
+                    else self._state(t, job_ids[t], payloads[t], fields[t])) for t in task_ids}
 
     def _state(self, task_id: str, job_id: str, payload: bytes | None, fields: list) -> JobState:
         status, origin = fields
@@ -318,6 +374,13 @@ class JobStore:
                 text = fields.get(b"text", b"").decode(errors="replace")
                 found.extend(Event(task_id, state, code, text) for task_id in events.task_ids_in(fields))
         return cursor, found
+
+
+def _cancelled(task_id: str, fields: list) -> JobState:
+    """A task whose job a cancel stopped (protocol: a later lookup gets ``cancelled``)."""
+    queue = fields[1].decode() if fields and fields[1] else ""
+    return JobState(task_id, FAILED, queue, error=ProtocolError(
+        ErrorCode.CANCELLED, "the job was cancelled: no one else was waiting for it", task_id=task_id))
 
 
 def _chunks(items: list, size: int) -> list[list]:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import protocol
-from protocol import ErrorCode, FactorialRequest, ProtocolError, ResultRequest, parse_request
+from protocol import CancelRequest, ErrorCode, FactorialRequest, ProtocolError, ResultRequest, parse_request
 
 MAX = 1_000_000
 TASK_ID = "0123456789abcdef0123456789abcdef"
@@ -22,6 +22,7 @@ TASK_ID = "0123456789abcdef0123456789abcdef"
         ('{"type": "factorial", "number": 7, "ref": "' + "x" * 128 + '"}', FactorialRequest(7, "x" * 128)),
         ('{"type": "result", "task_id": "%s"}' % TASK_ID, ResultRequest(TASK_ID)),
         ('{"type": "result", "task_id": "%s", "ref": -1}' % TASK_ID, ResultRequest(TASK_ID, -1)),
+        ('{"type": "cancel", "task_id": "%s", "ref": "c"}' % TASK_ID, CancelRequest(TASK_ID, "c")),
     ],
 )
 def test_valid_requests_parse(frame, expected):
@@ -55,6 +56,8 @@ def test_valid_requests_parse(frame, expected):
         ('{"type": "factorial", "number": 1000001}', ErrorCode.NUMBER_TOO_LARGE),
         ('{"type": "factorial", "number": ' + "9" * 5000 + "}", ErrorCode.NUMBER_TOO_LARGE),
         ('{"type": "result"}', ErrorCode.INVALID_TASK_ID),
+        ('{"type": "cancel"}', ErrorCode.INVALID_TASK_ID),
+        ('{"type": "cancel", "task_id": "rq:queue:hard"}', ErrorCode.UNKNOWN_TASK_ID),
         ('{"type": "result", "task_id": 5}', ErrorCode.INVALID_TASK_ID),
         ('{"type": "result", "task_id": null}', ErrorCode.INVALID_TASK_ID),
         ('{"type": "result", "task_id": "rq:queue:soft"}', ErrorCode.UNKNOWN_TASK_ID),

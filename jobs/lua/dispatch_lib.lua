@@ -9,13 +9,14 @@
 -- clients' backlogs are. Workers stay stock RQ: they only ever see the RQ queue.
 --
 -- q: {queue_key, pending (prefix of the clients' lists), clients (the ring),
---     count (jobs waiting in all lists), workers (RQ's set of workers on the queue)}
+--     count (jobs waiting in all lists), workers (RQ's set of workers on the queue),
+--     job_prefix (of RQ's job hashes)}
 local function dispatch(q, per_worker)
     local target = math.max(1, redis.call('SCARD', q.workers)) * per_worker
     local room = target - redis.call('LLEN', q.queue_key)
     local moved = 0
-    -- Each turn either moves a job or drops a client with none left, so the
-    -- loop ends after at most room + (clients in the ring) turns.
+    -- Each turn takes a job off a list or drops a client with none left, so
+    -- the loop ends: the lists and the ring are finite.
     while moved < room do
         local client = redis.call('LPOP', q.clients)
         if not client then
@@ -24,9 +25,12 @@ local function dispatch(q, per_worker)
         local pending_key = q.pending .. client
         local job_id = redis.call('LPOP', pending_key)
         if job_id then
-            redis.call('RPUSH', q.queue_key, job_id)
             redis.call('DECR', q.count)
-            moved = moved + 1
+            -- A job cancelled while it waited (cancel.lua) is dropped here.
+            if redis.call('HGET', q.job_prefix .. job_id, 'status') ~= 'canceled' then
+                redis.call('RPUSH', q.queue_key, job_id)
+                moved = moved + 1
+            end
         end
         if redis.call('LLEN', pending_key) > 0 then
             redis.call('RPUSH', q.clients, client)

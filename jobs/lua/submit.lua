@@ -27,6 +27,9 @@ local WAITING = {queued = true, deferred = true, scheduled = true, created = tru
 -- The state of a task if its job is still useful to share: finished with its
 -- result stored, waiting, or running. nil for a failed, stopped or expired one.
 local function live_state(task_id)
+    if redis.call('EXISTS', prefix.cancelled .. task_id) == 1 then
+        return nil  -- stopped by a cancel (cancel.lua): a new request gets a new job
+    end
     local payload = redis.call('GET', prefix.payload .. task_id)
     local job_id = redis.call('GET', prefix.task_job .. task_id) or task_id
     local f = redis.call('HMGET', prefix.job .. job_id, 'status', 'origin', 'started_at', 'timeout')
