@@ -72,6 +72,7 @@ async def light(url: str, run: int) -> dict[str, list[float]]:
     sent: dict[str, tuple[str, float]] = {}
     latencies: dict[str, list[float]] = {"5!": [], "~90000!": [], "small": []}
     done = asyncio.Event()
+    all_answered = asyncio.Event()
 
     async def read() -> None:
         while True:
@@ -83,7 +84,7 @@ async def light(url: str, run: int) -> dict[str, list[float]]:
                 kind, at = sent.pop(message["ref"])
                 latencies[kind].append(time.monotonic() - at)
                 if done.is_set() and not sent:
-                    return
+                    all_answered.set()
 
     reader = asyncio.ensure_future(read())
     began = time.monotonic()
@@ -101,10 +102,13 @@ async def light(url: str, run: int) -> dict[str, list[float]]:
         tick += 1
         await asyncio.sleep(0.2)
     done.set()
+    if not sent:
+        all_answered.set()
     try:
-        await asyncio.wait_for(reader, ANSWER_TIMEOUT_S)
+        await asyncio.wait_for(all_answered.wait(), ANSWER_TIMEOUT_S)
     except asyncio.TimeoutError:
         pass
+    reader.cancel()
     unanswered = len(sent)
     connection.close()
     latencies["unanswered"] = [unanswered]
