@@ -32,8 +32,8 @@ from jobs import connection
 from jobs.client import JobClient
 from jobs.quota import QuotaStore
 from jobs.store import JobStore
-import supervisor
 from settings import Settings
+from stack import web_processes
 
 log = logging.getLogger("server")
 
@@ -115,7 +115,7 @@ async def serve(settings: Settings, slot: int = 0) -> None:
         settings.server_port,
         settings.server_host,
         backlog=LISTEN_BACKLOG,
-        # Several processes of this host listen on the same port (supervisor.py).
+        # Several processes of this host listen on the same port (stack/web_processes.py).
         reuse_port=True,
         ssl_options=ssl_context(settings),
         # No xheaders: Tornado would believe X-Forwarded-For and X-Real-IP
@@ -161,7 +161,7 @@ def main() -> None:
     if processes == 1:
         run(serve(settings), settings.event_loop)
     else:
-        sys.exit(supervisor.run(processes, lambda slot: run(serve(settings, slot), settings.event_loop)))
+        sys.exit(web_processes.run(processes, lambda slot: run(serve(settings, slot), settings.event_loop)))
 
 
 def run(main_coroutine, event_loop: str = "uvloop"):

@@ -34,6 +34,21 @@ STABLE_S = 30.0
 STOP_GRACE_S = 20.0
 
 
+class RestartPause:
+    """The pause before restarting a process that died: RESTART_FIRST_S, doubling up to
+    RESTART_MAX_S while it keeps dying within STABLE_S of its start."""
+
+    def __init__(self) -> None:
+        self.next_s = RESTART_FIRST_S
+
+    def after(self, ran_s: float) -> float:
+        """The pause to take now, for a process that ran ``ran_s`` seconds before dying."""
+        if ran_s >= STABLE_S:
+            self.next_s = RESTART_FIRST_S
+        pause, self.next_s = self.next_s, min(self.next_s * 2, RESTART_MAX_S)
+        return pause
+
+
 class Supervisor:
     def __init__(self, command: list[str]):
         self.command = command
@@ -46,18 +61,16 @@ class Supervisor:
             self.child.send_signal(signum)
 
     def run(self) -> int:
-        pause = RESTART_FIRST_S
+        pause = RestartPause()
         while not self.stopping:
             began = time.monotonic()
-            self.child = subprocess.Popen(self.command, start_new_session=True, preexec_fn=_die_with_parent)
+            self.child = subprocess.Popen(self.command, start_new_session=True, preexec_fn=die_with_parent)
             code = self._wait()
             if self.stopping:
                 return code
-            if time.monotonic() - began >= STABLE_S:
-                pause = RESTART_FIRST_S
-            log.warning("%s exited with %s; starting it again in %.1f s", self.command[0], code, pause)
-            self._sleep(pause)
-            pause = min(pause * 2, RESTART_MAX_S)
+            seconds = pause.after(time.monotonic() - began)
+            log.warning("%s exited with %s; starting it again in %.1f s", self.command[0], code, seconds)
+            self._sleep(seconds)
         return 0
 
     def _wait(self) -> int:
@@ -73,10 +86,13 @@ class Supervisor:
             time.sleep(min(0.1, deadline - time.monotonic()))
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux for SIGTERM when the supervisor dies."""
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+# prctl(2): have the kernel send a signal to this process when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> bool:
+    """Ask Linux for SIGTERM when this process's parent dies; False if it refused."""
+    return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
 
 
 def main() -> None:

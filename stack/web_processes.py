@@ -11,24 +11,21 @@ outlives its supervisor.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
 import time
 from typing import Callable
 
-log = logging.getLogger("supervisor")
+from stack.supervise import RestartPause, die_with_parent
+
+log = logging.getLogger("web_processes")
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # A child that exits within this many seconds of its start failed to start.
 QUICK_EXIT_S = 5.0
 # After this many quick exits in a row the supervisor gives up (a busy port, bad settings).
 MAX_QUICK_EXITS = 5
-RESTART_PAUSE_S = 0.5
-MAX_RESTART_PAUSE_S = 8.0
-# prctl(2): have the kernel send a signal to this process when its parent dies.
-_PR_SET_PDEATHSIG = 1
 
 
 def run(count: int, serve_one: Callable[[int], int]) -> int:
@@ -57,6 +54,7 @@ def run(count: int, serve_one: Callable[[int], int]) -> int:
     log.info("Supervising %d server processes: %s", count, " ".join(map(str, children)))
 
     quick_exits = 0
+    pause = RestartPause()
     code = 0
     while children:
         try:
@@ -76,9 +74,9 @@ def run(count: int, serve_one: Callable[[int], int]) -> int:
             forward(signal.SIGTERM, None)
             code = 1
             continue
-        pause = min(RESTART_PAUSE_S * 2 ** max(quick_exits - 1, 0), MAX_RESTART_PAUSE_S) if quick_exits else 0
-        log.warning("Server process %d exited (%s); starting another in %.1f s", pid, exit_code, pause)
-        time.sleep(pause)
+        seconds = pause.after(time.monotonic() - started)
+        log.warning("Server process %d exited (%s); starting another in %.1f s", pid, exit_code, seconds)
+        time.sleep(seconds)
         if not stopping:
             start(slot)
     return code
@@ -87,7 +85,7 @@ def run(count: int, serve_one: Callable[[int], int]) -> int:
 def _child(slot: int, parent: int, serve_one: Callable[[int], int]) -> int:
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
-    _die_with_parent(parent)
+    _die_with(parent)
     try:
         return serve_one(slot) or 0
     except BaseException:  # noqa: BLE001 - report it; os._exit skips the interpreter's own report
@@ -95,9 +93,8 @@ def _child(slot: int, parent: int, serve_one: Callable[[int], int]) -> int:
         return 1
 
 
-def _die_with_parent(parent: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+def _die_with(parent: int) -> None:
+    if not die_with_parent():
         log.warning("prctl(PR_SET_PDEATHSIG) failed: this process may outlive its supervisor")
     if os.getppid() != parent:  # the parent died before the prctl
         os.kill(os.getpid(), signal.SIGTERM)
