@@ -21,6 +21,7 @@ from tornado.ioloop import PeriodicCallback
 import protocol
 from jobs.client import OUTAGE_ERRORS, JobClient, spawn
 from jobs.janitor import RUN_EVERY_S
+from jobs.routing import SOFT
 from jobs.states import FINISHED, STARTED, Event, JobState
 from protocol import ProtocolError
 from settings import Settings
@@ -220,7 +221,10 @@ class ResultDelivery:
         answer = state.final_answer()
         if answer is not None:
             await self._finish(state.task_id, answer)
-        elif state.status == STARTED:
+        elif state.status == STARTED and state.queue != SOFT:
+            # Only hard jobs' starts are announced (as the worker does): a soft
+            # job takes milliseconds, and a client of the old service expects its
+            # success right after the acknowledgement.
             self._push_started(state.task_id)
 
     def _push_started(self, task_id: str) -> None:

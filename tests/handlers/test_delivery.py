@@ -159,3 +159,19 @@ async def test_an_outage_is_logged_once_at_each_end_and_delivery_resumes(make_de
     assert 1 <= len([line for line in lines if "still unreachable" in line]) <= 3, lines
     assert len(lines) <= 5, lines
     assert not delivery.jobs.outage.down
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_start_is_pushed_for_hard_jobs_only(make_delivery, redis_url):
+    # A soft job's start seen by a sweep is not announced: a client of the old
+    # service reads the success right after the acknowledgement.
+    from jobs.states import STARTED, JobState
+
+    delivery = make_delivery(settings_for(redis_url, sweep_interval_s=3600))
+    soft, hard = Subscriber("soft"), Subscriber("hard")
+    delivery.watch("a" * 32, soft, ref="s")
+    delivery.watch("b" * 32, hard, ref="h")
+    await delivery._settle_state(JobState("a" * 32, STARTED, "soft"))
+    await delivery._settle_state(JobState("b" * 32, STARTED, "hard"))
+    assert soft.frames == []
+    assert hard.frames == [{"type": "status", "task_id": "b" * 32, "status": "started", "ref": "h"}]
