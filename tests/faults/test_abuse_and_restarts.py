@@ -338,7 +338,8 @@ async def test_500_clients_that_vanish_mid_job_leave_nothing_behind(settings, ap
              "%d / %d KiB with them connected, %d / %d KiB after each round",
              before, first, second, after_first, after_second)
     # The second round reuses the first one's memory: nothing piles up.
-    assert after_second - after_first < 0.5 * (after_first - before) + 4096
+    # (A first round that left RSS below where it began allows no growth but the slack.)
+    assert after_second - after_first < 0.5 * max(after_first - before, 0) + 4096
     # Their jobs still run; their ends are delivered to nobody, and a new client is served.
     worker = WorkerProcess(redis_url).start()
     try:
