@@ -128,7 +128,7 @@ class PatientClient:
             self.pending.add(task_id)
         elif kind == "error" and not task_id and ref in self.unacked:
             if message.get("code") in ("unavailable", "busy"):
-                asyncio.get_running_loop().call_later(RETRY_PAUSE_S, self._resend, ref)
+                asyncio.get_running_loop().call_later(RETRY_PAUSE_S, self._resend, ref, self.reconnects)
             else:
                 raise AssertionError(f"request {ref} refused: {message}")
         elif kind in ("success", "error") and task_id:
@@ -137,6 +137,8 @@ class PatientClient:
                 self.pending.discard(task_id)
                 self.answered_after_s[task_id] = time.monotonic() - self.acked_at[task_id]
 
-    def _resend(self, ref: str) -> None:
-        if ref in self.unacked and not self._stopping:
+    def _resend(self, ref: str, reconnects: int) -> None:
+        # A reconnect since the refusal already sent it again: a second copy
+        # would be a second request, with an answer of its own.
+        if ref in self.unacked and not self._stopping and reconnects == self.reconnects:
             asyncio.ensure_future(self._write({"type": "factorial", "number": self.unacked[ref], "ref": ref}))
