@@ -30,7 +30,9 @@ from tests.helpers import async_wait_until, free_port
 pytestmark = pytest.mark.skipif(haproxy_binary() is None, reason="needs haproxy (apt-get install haproxy)")
 
 # Hard numbers take 20-150 ms each on one worker, so some are always queued.
-HARD = itertools.count(60_000, 7_919)
+# Bounded, so a long run never asks for more than MAX_NUMBER (the client would
+# be refused, and stop): 60,000 to 160,000, each once per 100,000 asks.
+HARD = (60_000 + (k * 7_919) % 100_000 for k in itertools.count())
 SOFT = itertools.count(2, 1)
 PACE_S = 0.05
 

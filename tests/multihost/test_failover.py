@@ -146,7 +146,9 @@ async def through(stack: Stack, fault: str, act, recovered) -> str:
     stop = asyncio.Event()
     sender = asyncio.ensure_future(send_steadily(clients, stop))
     try:
-        await async_wait_until(lambda: sum(len(c.pending) for c in clients) >= 3, timeout=30,
+        # At least one acknowledged job in flight when the fault comes (an idle
+        # machine computes these in tens of milliseconds, so rarely more).
+        await async_wait_until(lambda: sum(len(c.pending) for c in clients) >= 1, timeout=30,
                                what="jobs acknowledged and waiting")
         acked_before = {t for c in clients for t in c.acked}
         reconnects = sum(c.reconnects for c in clients)
