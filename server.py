@@ -15,8 +15,6 @@ import ssl
 import sys
 
 import tornado.web
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
 import uvloop
 from redis import Redis
 
@@ -27,7 +25,6 @@ from handlers.delivery import ResultDelivery
 from handlers.errors import NotFoundHandler, StaticFiles, log_request
 from handlers.health import HealthHandler, MetricsHandler
 from handlers.identity import ClientIdentifier
-from handlers.listener import PacedListener
 from handlers.limits import ClientCounts
 from handlers.metrics import Metrics
 from handlers.socket import FactorialSocket
@@ -114,13 +111,16 @@ async def serve(settings: Settings, slot: int = 0) -> None:
     """Serve until SIGTERM or SIGINT, then drain: see handlers/drain.py."""
     raise_open_file_limit()
     app = make_app(settings)
-    # Several processes of this host listen on the same port (stack/web_processes.py).
-    sockets = bind_sockets(settings.server_port, settings.server_host or None, backlog=LISTEN_BACKLOG,
-                           reuse_port=True)
-    # No xheaders: Tornado would believe X-Forwarded-For and X-Real-IP
-    # from anyone. handlers/identity.py believes only TRUSTED_PROXIES.
-    server = HTTPServer(app, ssl_options=ssl_context(settings))
-    server.add_sockets([PacedListener(sock) for sock in sockets])
+    server = app.listen(
+        settings.server_port,
+        settings.server_host,
+        backlog=LISTEN_BACKLOG,
+        # Several processes of this host listen on the same port (stack/web_processes.py).
+        reuse_port=True,
+        ssl_options=ssl_context(settings),
+        # No xheaders: Tornado would believe X-Forwarded-For and X-Real-IP
+        # from anyone. handlers/identity.py believes only TRUSTED_PROXIES.
+    )
     app.context.delivery.start()
     looplag.start(settings.loop_lag_port + slot if settings.loop_lag_port else 0)
     scheme = "wss" if settings.tls else "ws"
