@@ -141,7 +141,7 @@ async def serve(settings: Settings, slot: int = 0) -> None:
         await asyncio.wait_for(server.close_all_connections(), settings.drain_timeout_s)
     except asyncio.TimeoutError:
         left += 1
-    app.context.delivery.stop()
+    await app.context.delivery.close()
     await loop.run_in_executor(None, app.context.jobs.close)
     log.info("Drained%s", f" ({left} connections did not close in time)" if left else "")
 

@@ -62,6 +62,8 @@ class ResultDelivery:
         self._recovery: asyncio.Future | None = None
         self._next_recovery = 0.0
         self._callback = PeriodicCallback(self._tick, 1)
+        # Held while a tick runs, so close() can wait for it.
+        self._ticking = asyncio.Lock()
         # Which tasks this process's connections wait for, as other servers
         # see it (a cancel elsewhere stops a job only if no one waits here).
         self.server_id = uuid.uuid4().hex
@@ -134,9 +136,21 @@ class ResultDelivery:
     def stop(self) -> None:
         self._callback.stop()
 
+    async def close(self) -> None:
+        """Stop, and wait for the tick and the orphan recovery under way, so no Redis call follows."""
+        self.stop()
+        async with self._ticking:
+            pass
+        if self._recovery is not None:
+            await asyncio.gather(self._recovery, return_exceptions=True)
+
     # --- the periodic callback ----------------------------------------------
 
     async def _tick(self) -> None:
+        async with self._ticking:
+            await self._tick_once()
+
+    async def _tick_once(self) -> None:
         now = time.monotonic()
         self._recover_orphans(now)
         if now < self._retry_at:

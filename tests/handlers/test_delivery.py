@@ -3,6 +3,7 @@ subscribers that go away, and a Redis outage it resumes from by itself."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -175,3 +176,20 @@ async def test_a_start_is_pushed_for_hard_jobs_only(make_delivery, redis_url):
     await delivery._settle_state(JobState("b" * 32, STARTED, "hard"))
     assert soft.frames == []
     assert hard.frames == [{"type": "status", "task_id": "b" * 32, "status": "started", "ref": "h"}]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_close_waits_for_the_tick_under_way_so_no_call_follows_the_job_client(redis_url, caplog):
+    # As a draining server does: close delivery, then the job client's threads.
+    caplog.set_level(logging.ERROR)
+    for _ in range(5):
+        settings = settings_for(redis_url)
+        jobs = JobClient(JobStore(connect_redis(settings), settings))
+        delivery = ResultDelivery(jobs, settings)
+        delivery.watch("c" * 32, Subscriber("c"))  # something to share with other servers each tick
+        delivery.start()
+        await async_wait_until(lambda: delivery._next_sweep > 0, what="a first tick")
+        await delivery.close()
+        jobs.close()
+        await asyncio.sleep(0.1)  # a tick that outlived close() would fail now
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
