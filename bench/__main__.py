@@ -36,7 +36,7 @@ log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
 # Untracked (var/ is ignored): a run never changes the checkout.
 RESULTS = ROOT / "var" / "bench" / "latest.json"
-ALL = ("latency", "throughput", "event_loop", "big", "hot_key", "held", "compression", "scale_out")
+ALL = ("latency", "throughput", "event_loop", "web_processes", "big", "hot_key", "held", "compression", "scale_out")
 LOOP_LAG_TARGET_MS = 50.0
 
 

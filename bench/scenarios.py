@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from bench.client import Client, Expected, Wrong, gmpy2_time, rq_direct
-from bench.stack import STANDARD_LOOP, Stack, process_cpu_seconds
+from bench.stack import STANDARD_LOOP, TWO_PROCESSES, Stack, process_cpu_seconds
 from jobs import keys
 
 log = logging.getLogger(__name__)
@@ -210,25 +210,42 @@ class Scenarios:
         variant = self.stack.variants.get(STANDARD_LOOP)
         if variant is None:
             return []
+        return [await self._alternating(f"server on {STANDARD_LOOP}", variant, "default server (uvloop)")]
+
+    async def web_processes(self) -> list[Row]:
+        """100 clients on a server of WEB_PROCESSES=2 (one port, SO_REUSEPORT), alternating with a one-process one.
+
+        On this machine's cores the workers, Redis and the client run too: the
+        row shows what a second server process buys where they all share them.
+        """
+        if self.stack.redis_process is None:
+            return []  # a running stack: its servers are what they are
+        variant = self.stack.variants.get(TWO_PROCESSES)
+        if variant is None:
+            variant = await asyncio.to_thread(self.stack.start_server, {"WEB_PROCESSES": "2"}, TWO_PROCESSES)
+        return [await self._alternating(f"server of {TWO_PROCESSES}", variant, "one-process server")]
+
+    async def _alternating(self, name: str, variant, baseline: str) -> Row:
+        """The 100-client load on ``variant`` and on the default server, in alternating rounds."""
         clients, each = (100, 4) if self.quick else (100, 10)
         numbers = random.sample(list(SMALL), clients * each)
-        rates: dict[str, list[tuple[float, float]]] = {"default": [], "standard": []}
-        servers = {"default": self.stack.servers[0], "standard": variant}
+        rates: dict[str, list[tuple[float, float]]] = {"default": [], "variant": []}
+        servers = {"default": self.stack.servers[0], "variant": variant}
         for _ in range(ROUNDS):
-            for name, server in servers.items():
+            for key, server in servers.items():
                 await asyncio.to_thread(forget_numbers, self.stack)
                 before = process_cpu_seconds(server.process.pid) if server.process else 0.0
                 wall, latencies, lost = await self._clients_run(server.url, clients, numbers)
                 if lost:
                     raise Wrong(f"{lost} of {len(numbers)} requests got no exact answer")
                 used = process_cpu_seconds(server.process.pid) - before if server.process else 0.0
-                rates[name].append((len(numbers) / wall, used / len(numbers) * 1000))
-        standard, default = _median(rates["standard"]), _median(rates["default"])
-        return [Row(f"{clients} clients x {each}, server on {STANDARD_LOOP}", "jobs/s", standard[0], "jobs/s",
-                    None, default[0], "default server (uvloop), same rounds",
-                    note=f"median of {ROUNDS}, alternating; jobs/s standard loop "
-                    f"{[round(r) for r, _ in rates['standard']]}, uvloop {[round(r) for r, _ in rates['default']]}; "
-                    f"server CPU ms/job {standard[1]:.3f} vs {default[1]:.3f}")]
+                rates[key].append((len(numbers) / wall, used / len(numbers) * 1000))
+        measured, default = _median(rates["variant"]), _median(rates["default"])
+        return Row(f"{clients} clients x {each}, {name}", "jobs/s", measured[0], "jobs/s",
+                   None, default[0], f"{baseline}, same rounds",
+                   note=f"median of {ROUNDS}, alternating; jobs/s {[round(r) for r, _ in rates['variant']]} "
+                   f"vs {[round(r) for r, _ in rates['default']]}; server CPU ms/job (first process) "
+                   f"{measured[1]:.3f} vs {default[1]:.3f}")
 
     # --- 3. big results -----------------------------------------------------
 

@@ -25,6 +25,7 @@ START_TIMEOUT_S = 20.0
 CEILING_PRECOMPUTE = (100_000,)
 # The variant server on Python's own event loop, beside the default uvloop.
 STANDARD_LOOP = "EVENT_LOOP=asyncio"
+TWO_PROCESSES = "WEB_PROCESSES=2"
 # The service's own fair use would count the benchmark (one client address,
 # thousands of connections asking back to back) as an abuser: lifted here,
 # per connection and per client (0: no limit), and said so in the output.
