@@ -20,20 +20,12 @@ import asyncio
 import itertools
 import json
 import logging
-import subprocess
-import tempfile
 import time
-from pathlib import Path
-
-from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from bench import stack as stacks
-from stack.procs import free_port
-from stack.redis import server_command
 
 HEAVY_CONNECTIONS = 20
 HEAVY_PER_CONNECTION = 20
@@ -138,27 +130,6 @@ async def scenario(url: str, run: int, with_heavy: bool) -> dict:
     return {**summary(latencies), "heavy_acknowledged": acked}
 
 
-def own_redis() -> stacks.Stack:
-    """A stack with only its own Redis so far (no ceiling, no variant servers: fewer processes on the cores)."""
-    tmp = tempfile.mkdtemp(prefix="bench-fair-")
-    port = free_port()
-    process = subprocess.Popen(server_command(port, Path(tmp), append_only=False), stdout=subprocess.DEVNULL)
-    stack = stacks.Stack(f"redis://127.0.0.1:{port}/0", [], owned=[process], redis_process=process, tmp=tmp)
-    try:
-        stacks.wait_for(lambda: _pings(stack.redis_url), "redis-server")
-    except BaseException:
-        stack.close()
-        raise
-    return stack
-
-
-def _pings(url: str) -> bool:
-    try:
-        return bool(Redis.from_url(url, socket_connect_timeout=0.2).ping())
-    except RedisConnectionError:  # not up yet
-        return False
-
-
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     results = {}
@@ -166,7 +137,7 @@ def main() -> None:
             ("light client alone", 1, False),
             ("with the heavy client, fair scheduling", 1, True),
             ("with the heavy client, first come first served", 1_000_000, True))):
-        stack = own_redis()
+        stack = stacks.own_redis("bench-fair-")
         try:
             stack.start_workers(2, "jobs.worker.LaneWorker")
             server = stack.start_server({"QUEUED_JOBS_PER_WORKER": str(per_worker)})

@@ -162,14 +162,24 @@ class Stack:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def start(workers: int, worker_class: str, servers: int, second_server_env: dict | None = None) -> Stack:
-    """A whole stack of our own: Redis, ``workers`` rq workers, ``servers`` servers."""
-    tmp = tempfile.mkdtemp(prefix="bench-redis-")
+def own_redis(prefix: str = "bench-redis-") -> Stack:
+    """A stack with only a Redis of its own so far, on a free port, its files in a temporary folder."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
     port = free_port()
     redis_process = subprocess.Popen(server_command(port, Path(tmp), append_only=False), stdout=subprocess.DEVNULL)
     stack = Stack(f"redis://127.0.0.1:{port}/0", [], owned=[redis_process], redis_process=redis_process, tmp=tmp)
     try:
         wait_for(lambda: _answers(Redis.from_url(stack.redis_url)), "redis-server")
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+def start(workers: int, worker_class: str, servers: int, second_server_env: dict | None = None) -> Stack:
+    """A whole stack of our own: Redis, ``workers`` rq workers, ``servers`` servers."""
+    stack = own_redis()
+    try:
         stack.start_workers(workers, worker_class)
         for i in range(servers):
             stack.start_server(second_server_env if i == 1 else None)
