@@ -58,6 +58,10 @@ OVERRUN_TEXT = "rq.timeouts.JobTimeoutException: Job exceeded its {timeout} s ti
 # Waiting for Redis to answer again: the first pause and the longest, seconds.
 RECONNECT_FIRST_S = 0.25
 RECONNECT_MAX_S = 4.0
+# A worker's beat renews its keys for minutes (worker_ttl + 60 s): once per
+# this many seconds is plenty. `rq suspend` is noticed within the other.
+BEAT_EVERY_S = 1.0
+SUSPENSION_CHECK_EVERY_S = 1.0
 
 
 class LaneWorker(Worker):
@@ -95,17 +99,62 @@ class LaneWorker(Worker):
             self.log.warning("Redis unreachable during %s (%s); going on", call.__name__, exc)
             return None
 
+    # --- fewer round trips per job -------------------------------------------------
+    #
+    # RQ's loop beats three times per job (before its wait for a job, after
+    # taking one, after running it), three round trips each, writes the idle
+    # state twice and checks for `rq suspend` once: about half of a soft job's
+    # round trips. A beat renews the worker's keys for worker_ttl + 60 s, so
+    # here one is sent only when the last one is older than BEAT_EVERY_S or
+    # was shorter than asked (a job's own beat sets the job's TTL), and in one
+    # round trip; the idle state is written only when it changes, with the beat
+    # that is due; suspension is looked at every SUSPENSION_CHECK_EVERY_S.
+
+    _beat_at = -1e9  # monotonic time of the last beat sent, and the TTL it gave
+    _beat_ttl = 0
+    _state_written: str | None = None
+    _suspension_checked_at = -1e9
+
     def heartbeat(self, timeout=None, pipeline=None):
-        if pipeline is not None:  # queued on a pipeline: no round trip here
+        timeout = timeout or self.worker_ttl + 60
+        if pipeline is not None:  # queued on a caller's pipeline, which sends it
+            self._beat_at, self._beat_ttl = time.monotonic(), timeout
             return super().heartbeat(timeout, pipeline)
-        return self._tolerating_outage(super().heartbeat, timeout)
+        if self._beat_due(timeout) and self._tolerating_outage(self._send, lambda p: self.heartbeat(timeout, p)) is None:
+            self._beat_at = -1e9  # not sent: the next call sends it
+        return None
+
+    def _beat_due(self, timeout: int) -> bool:
+        return time.monotonic() - self._beat_at >= BEAT_EVERY_S or self._beat_ttl < timeout
 
     def set_state(self, state, pipeline=None):
         if pipeline is not None:
+            self._state_written = state
             return super().set_state(state, pipeline)
-        return self._tolerating_outage(super().set_state, state)
+        if state == self._state_written:
+            return None
+
+        def write(pipe):
+            super(LaneWorker, self).set_state(state, pipe)
+            if self._beat_due(self.worker_ttl + 60):
+                self.heartbeat(pipeline=pipe)
+
+        self._state_written = state
+        if self._tolerating_outage(self._send, write) is None:
+            self._state_written = None  # not written: write it next time
+        return None
+
+    def _send(self, queue_commands) -> bool:
+        """Queue commands on a pipeline and send them in one round trip."""
+        pipe = self.connection.pipeline(transaction=False)
+        queue_commands(pipe)
+        pipe.execute()
+        return True
 
     def check_for_suspension(self, burst: bool):
+        if time.monotonic() - self._suspension_checked_at < SUSPENSION_CHECK_EVERY_S:
+            return None
+        self._suspension_checked_at = time.monotonic()
         return self._tolerating_outage(super().check_for_suspension, burst)
 
     def run_maintenance_tasks(self):
