@@ -20,8 +20,26 @@ BATCH_JOB = "jobs.factorial.factorial_batch"
 
 def batch_members(connection, job_id: str) -> tuple[list[int], list[str]]:
     """The numbers of a batch job and their task ids, as the submit script listed them."""
+    return _parse_members(connection.lrange(keys.batch_members(job_id), 0, -1))
+
+
+def take_batch_members(connection, job_id: str, ttl_s: int) -> tuple[list[int], list[str]]:
+    """A batch job's members as it starts, closing the batch to later requests in the same step.
+
+    The submit script adds a request to a client's waiting batch job unless
+    that job's closed mark exists (jobs/lua/submit.lua); reading the list and
+    setting the mark in one transaction means that no member joins after the
+    job has read its list. The mark outlives the job (``ttl_s``).
+    """
+    pipe = connection.pipeline(transaction=True)
+    pipe.set(keys.batch_closed(job_id), 1, ex=ttl_s)
+    pipe.lrange(keys.batch_members(job_id), 0, -1)
+    return _parse_members(pipe.execute()[1])
+
+
+def _parse_members(entries) -> tuple[list[int], list[str]]:
     numbers, task_ids = [], []
-    for entry in connection.lrange(keys.batch_members(job_id), 0, -1):
+    for entry in entries:
         number, task_id = entry.decode().split(":", 1)
         numbers.append(int(number))
         task_ids.append(task_id)

@@ -8,6 +8,9 @@ from rq import get_current_job
 import protocol
 from jobs import events, keys
 
+# The closed mark of a batch outlives its results by this much (seconds).
+CLOSED_SLACK_S = 3600
+
 
 def factorial_digits(number: int) -> str:
     """The decimal digits of ``number!``.
@@ -40,16 +43,17 @@ def factorial(number: int) -> int:
 def factorial_batch(numbers: list[int] | None = None, task_ids: list[str] | None = None) -> int:
     """Compute several small factorials in one job, each stored under its own task id.
 
-    Soft requests that arrive together share a job: RQ's own bookkeeping costs
-    about a millisecond per job, a hundred times the work of 1000!. The
-    members are read when the job runs (jobs.keys.batch_members), so members
-    cancelled meanwhile are left out; a batch given its members as arguments
-    still runs.
+    Soft requests that arrive together share a job, and later ones of the same
+    client join it while it waits: RQ's own bookkeeping costs about a
+    millisecond per job, a hundred times the work of 1000!. The members are
+    read when the job runs (jobs.keys.batch_members), which closes the batch,
+    so members cancelled meanwhile are left out; a batch given its members as
+    arguments still runs.
     """
     job = get_current_job()
-    if numbers is None:
-        numbers, task_ids = events.batch_members(job.connection, job.id)
     ttl = job.result_ttl if job.result_ttl and job.result_ttl > 0 else None
+    if numbers is None:
+        numbers, task_ids = events.take_batch_members(job.connection, job.id, (ttl or 0) + CLOSED_SLACK_S)
     pipe = job.connection.pipeline(transaction=False)
     for number, task_id in zip(numbers, task_ids):
         pipe.set(keys.payload(task_id), protocol.success(task_id, factorial_digits(number)), ex=ttl)

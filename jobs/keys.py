@@ -22,7 +22,6 @@ def task_job(task_id: str) -> str:
     return f"factorial:task-job:{task_id}"
 
 
-
 def batch_members(job_id: str) -> str:
     """The members of a batch job, one ``number:task_id`` entry each, read by the job when it runs.
 
@@ -31,6 +30,16 @@ def batch_members(job_id: str) -> str:
     take one member out of a batch that has not started.
     """
     return f"factorial:batch:{job_id}"
+
+
+def open_batch(queue: str, client: str = "") -> str:
+    """The id of ``client``'s newest batch job for ``queue``, which later requests may join until it starts."""
+    return f"factorial:open-batch:{queue}:{client}"
+
+
+def batch_closed(job_id: str) -> str:
+    """Set by a batch job as it reads its members: from then on no request joins it."""
+    return f"factorial:batch-closed:{job_id}"
 
 
 # Names of the workers that keep an alive key (jobs.worker.LaneWorker): only

@@ -71,6 +71,9 @@ class JobStore:
                 "count": keys.pending_count(name),
                 "workers": WORKERS_BY_QUEUE_KEY % name,
                 "job_prefix": Job.redis_job_namespace_prefix,
+                # Batch jobs that later requests may join (jobs/lua/submit.lua).
+                "batch_size": settings.soft_batch_size if name == SOFT else 0,
+                "open": keys.open_batch(name),
             }
             for name, queue in self.queues.items()
         }
@@ -199,7 +202,7 @@ class JobStore:
         spec = {
             "prefix": {"payload": keys.payload(""), "task_job": keys.task_job(""), "by_number": keys.by_number(""),
                        "batch": keys.batch_members(""), "job": Job.redis_job_namespace_prefix,
-                       "cancelled": keys.cancelled("")},
+                       "cancelled": keys.cancelled(""), "closed": keys.batch_closed("")},
             "queues_key": Queue.redis_queues_keys,
             "max_waiting": self.settings.max_queue_length,
             "queues": self._dispatch_queues,

@@ -54,6 +54,30 @@ local function waiting_for(name)
     return waiting[name]
 end
 
+-- A client's newest batch job of a queue takes later requests while it waits
+-- (q.batch_size > 0): until it starts (its status, and the closed mark it sets
+-- as it reads its members: jobs/events.py take_batch_members), and while it
+-- has fewer than q.batch_size members. So under load a job carries every
+-- request its client sent while it waited, and RQ's per-job bookkeeping is
+-- paid once for all of them. {id, size} per open-batch key, or false.
+local open = {}
+local function open_batch(q, client)
+    local key = q.open .. client
+    if open[key] == nil then
+        open[key] = false
+        local id = redis.call('GET', key)
+        if id and redis.call('EXISTS', prefix.closed .. id) == 0
+                and redis.call('HGET', prefix.job .. id, 'status') == 'queued' then
+            open[key] = {id = id, size = redis.call('LLEN', prefix.batch .. id)}
+        end
+    end
+    local batch = open[key]
+    if batch and batch.size < q.batch_size then
+        return batch
+    end
+    return nil
+end
+
 local answers = {}
 for _, job in ipairs(spec.jobs) do
     local q = spec.queues[job.queue]
@@ -67,8 +91,15 @@ for _, job in ipairs(spec.jobs) do
         if current and current ~= stale then
             state = live_state(current)
         end
+        local joined = (not state) and q.batch_size > 0 and open_batch(q, job.client)
         if state then
             table.insert(answers, state)
+        elseif joined then
+            redis.call('SET', index_key, task_id, 'EX', job.ttl)
+            redis.call('SET', prefix.task_job .. task_id, joined.id, 'EX', job.ttl)
+            redis.call('RPUSH', prefix.batch .. joined.id, number .. ':' .. task_id)
+            joined.size = joined.size + 1
+            table.insert(answers, {task_id, 'queued', job.queue, '', '', ''})
         elseif full then
             table.insert(answers, {task_id, 'busy', job.queue, '', '', ''})
         else
@@ -85,6 +116,10 @@ for _, job in ipairs(spec.jobs) do
             local members_key = prefix.batch .. job.job_id
             redis.call('RPUSH', members_key, unpack(members))
             redis.call('EXPIRE', members_key, job.ttl)
+            if q.batch_size > 0 then
+                redis.call('SET', q.open .. job.client, job.job_id, 'EX', job.ttl)
+                open[q.open .. job.client] = {id = job.job_id, size = #members}
+            end
         end
         local first, count = job.fields[1], job.fields[2]
         redis.call('HSET', prefix.job .. job.job_id, unpack(ARGV, first, first + count - 1))

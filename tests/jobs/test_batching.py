@@ -6,7 +6,7 @@ from jobs.factorial import factorial_digits
 from jobs.store import JobStore, _chunks
 from redis import Redis
 from settings import Settings
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, wait_until
 from tests.helpers import Client
 
 
@@ -82,5 +82,71 @@ async def test_the_stock_rq_worker_serves_single_batched_and_hard_jobs(ws_url, r
             if message["type"] == "success":
                 results[message["ref"]] = message["result"]
         assert results == {n: (120 if n == 5 else factorial_digits(n)) for n in numbers}
+    finally:
+        worker.stop()
+
+
+# --- later requests join the client's waiting batch job (jobs/lua/submit.lua) ---
+
+
+def _store(redis_url: str, batch: int = 5) -> JobStore:
+    return JobStore(Redis.from_url(redis_url), Settings(redis_url=redis_url, soft_batch_size=batch))
+
+
+def _job_of(redis_client, task_id: str) -> str:
+    job = redis_client.get(f"factorial:task-job:{task_id}")
+    return job.decode() if job else task_id
+
+
+def test_a_later_request_joins_its_clients_waiting_batch_until_it_is_full(redis_url, redis_client):
+    store = _store(redis_url, batch=5)
+    first = store.submit([10, 11], ["alice", "alice"])
+    batch = _job_of(redis_client, first[10].task_id)
+    later = store.submit([12, 13, 14], ["alice"] * 3)
+    assert {_job_of(redis_client, later[n].task_id) for n in (12, 13, 14)} == {batch}
+    spill = store.submit([15, 16], ["alice"] * 2)  # the batch is full at 5
+    assert {_job_of(redis_client, spill[n].task_id) for n in (15, 16)} != {batch}
+    # Another client never joins it.
+    bob = store.submit([17, 18], ["bob"] * 2)
+    assert _job_of(redis_client, bob[17].task_id) != batch
+    assert [m.decode() for m in redis_client.lrange(f"factorial:batch:{batch}", 0, -1)] == [
+        f"{n}:{(first | later)[n].task_id}" for n in (10, 11, 12, 13, 14)]
+    assert store.jobs_waiting()["soft"] == 3
+
+
+def test_a_request_never_joins_a_batch_that_has_read_its_members(redis_url, redis_client):
+    from jobs import events
+
+    store = _store(redis_url, batch=50)
+    first = store.submit([10, 11], ["alice"] * 2)
+    batch = _job_of(redis_client, first[10].task_id)
+    # What the batch job does as it starts: read its members, closing it.
+    assert events.take_batch_members(redis_client, batch, 60)[0] == [10, 11]
+    later = store.submit([12, 13], ["alice"] * 2)
+    assert _job_of(redis_client, later[12].task_id) != batch
+
+
+def test_requests_that_join_batches_while_a_worker_runs_them_all_get_their_answer(redis_url, redis_client):
+    # Many small submits race the worker closing batches: each task must end
+    # up in exactly one job that computes it.
+    store = _store(redis_url, batch=50)
+    worker = WorkerProcess(redis_url, queues=("soft",)).start()
+    try:
+        task_ids = {}
+        for start in range(1, 1001, 4):
+            answers = store.submit(list(range(start, start + 4)), ["alice"] * 4)
+            task_ids.update({n: answers[n].task_id for n in answers})
+
+        def all_answered() -> bool:
+            store.dispatch()  # a server's job: feed the RQ queue from the pending list
+            return len(store.payloads(list(task_ids.values()))) == len(task_ids)
+
+        wait_until(all_answered, timeout=60, what="every joined request's answer")
+        payloads = store.payloads(list(task_ids.values()))
+        for n in (1, 500, 1000):
+            assert factorial_digits(n) in payloads[task_ids[n]].decode()
+        # They shared jobs: far fewer than one job per submit.
+        finished = redis_client.zcard("rq:finished:soft")
+        assert finished < 250 / 2, finished
     finally:
         worker.stop()

@@ -41,6 +41,12 @@ def _waiting_job_ids(redis_client, queue: str) -> list[bytes]:
     return redis_client.lrange(f"rq:queue:{queue}", 0, -1) + redis_client.lrange(keys.pending(queue, ANONYMOUS), 0, -1)
 
 
+def _waiting_members(redis_client) -> list[list[int]]:
+    """The numbers of each waiting soft batch job, oldest job first."""
+    return [[int(m.decode().split(":")[0]) for m in redis_client.lrange(b"factorial:batch:" + job_id, 0, -1)]
+            for job_id in _waiting_job_ids(redis_client, "soft")]
+
+
 @pytest.fixture
 def stores(redis_url):
     settings = Settings(redis_url=redis_url, soft_batch_size=10)
@@ -62,11 +68,13 @@ def test_stores_on_separate_connections_make_one_job_per_number(stores, redis_cl
     if hard:
         assert stores[0].jobs_waiting()["hard"] == TRIALS
     else:
-        # Each trial's three numbers went to one batch job; a server that
-        # found all three taken made none.
-        assert stores[0].jobs_waiting()["soft"] == TRIALS
-        for job_id in _waiting_job_ids(redis_client, "soft"):
-            assert redis_client.llen(b"factorial:batch:" + job_id) == 3
+        # Each trial's numbers went into the client's waiting batch job, or a
+        # new one once that was full (soft_batch_size=10); a server that found
+        # all three taken added none.
+        members = _waiting_members(redis_client)
+        assert sorted(n for job in members for n in job) == list(range(first, first + 3 * TRIALS))
+        assert all(len(job) <= 10 for job in members)
+        assert len(members) == 3 * TRIALS // 10
 
 
 def test_a_batch_leaves_out_the_numbers_another_job_has(stores, redis_client):
@@ -74,9 +82,8 @@ def test_a_batch_leaves_out_the_numbers_another_job_has(stores, redis_client):
     answers = stores[1].submit([6, 7, 8, 9])
     assert answers[7].task_id == taken[7].task_id and answers[8].task_id == taken[8].task_id
     assert answers[6].task_id != answers[9].task_id
-    newest = _waiting_job_ids(redis_client, "soft")[-1]
-    members = [m.decode().split(":")[0] for m in redis_client.lrange(b"factorial:batch:" + newest, 0, -1)]
-    assert members == ["6", "9"]
+    # 6 and 9 joined the waiting batch of 7 and 8, once each.
+    assert _waiting_members(redis_client) == [[7, 8, 6, 9]]
 
 
 @pytest.mark.gen_test(timeout=120)
