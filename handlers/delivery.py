@@ -23,6 +23,7 @@ from jobs.client import OUTAGE_ERRORS, JobClient, spawn
 from jobs.janitor import RUN_EVERY_S
 from jobs.routing import SOFT
 from jobs.states import FINISHED, STARTED, Event, JobState
+from jobs.store import Waits
 from protocol import ProtocolError
 from settings import Settings
 
@@ -158,15 +159,20 @@ class ResultDelivery:
         try:
             if self._cursor is None:
                 self._cursor = await self.jobs.events_cursor()
-            self._cursor, found, payloads = await self.jobs.read_events(
-                self._cursor, self.settings.delivery_wait_ms, self._waiting
-            )
+            waits = self._waits_to_share(now)
+            try:
+                self._cursor, found, payloads = await self.jobs.read_events(
+                    self._cursor, self.settings.delivery_wait_ms, self._waiting, waits
+                )
+            except BaseException:
+                if waits is not None:
+                    self._waits_rewrite_at = 0.0  # not shared: write it all again next time
+                raise
             self._remember(found)
             await self._settle((e for e in found if e.task_id in self._waiting), payloads)
             if self._waiting and time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self.settings.sweep_interval_s
                 await self._sweep()
-            await self._share_waits()
         except OUTAGE_ERRORS:  # logged once per outage by the job client
             self._retry_at = time.monotonic() + RETRY_AFTER_S
         except Exception:  # noqa: BLE001 - a bug must not stop every delivery for good
@@ -174,26 +180,22 @@ class ResultDelivery:
             self.jobs.on_internal_error("delivery")
             self._retry_at = time.monotonic() + RETRY_AFTER_S
 
-    async def _share_waits(self) -> None:
-        """Write the changes to this process's waits to Redis, and the whole set every WAITS_REWRITE_S.
+    def _waits_to_share(self, now: float) -> tuple[str, Waits] | None:
+        """The changes to this process's waits since the last tick, and the whole set every WAITS_REWRITE_S.
 
-        The entry expires WAITS_TTL_S after the last write, so a server that
-        died stops counting as a waiter for cancels elsewhere.
+        They go to Redis with the tick's event read, in its round trip. The
+        entry expires WAITS_TTL_S after the last write, so a server that died
+        stops counting as a waiter for cancels elsewhere.
         """
-        now = time.monotonic()
         rewrite = now >= self._waits_rewrite_at
         if not (rewrite or self._waits_added or self._waits_removed):
-            return
+            return None
         added, self._waits_added = self._waits_added, set()
         removed, self._waits_removed = self._waits_removed, set()
         everything = set(self._waiting) if rewrite else None
-        try:
-            await self.jobs.run(self.jobs.store.sync_waits, self.server_id, added, removed, everything, WAITS_TTL_S)
-        except BaseException:
-            self._waits_rewrite_at = 0.0  # write it all again next time
-            raise
         if rewrite:
             self._waits_rewrite_at = now + WAITS_REWRITE_S
+        return self.server_id, Waits(added, removed, everything, WAITS_TTL_S)
 
     def _recover_orphans(self, now: float) -> None:
         """Every server takes part in recovering jobs whose worker died: when every

@@ -22,7 +22,7 @@ from jobs.outage import OutageLog
 from jobs.janitor import Janitor
 from jobs.quota import Admission, QuotaStore, Verdict, refusal
 from jobs.states import FINISHED, Event, JobState
-from jobs.store import ANONYMOUS, JobStore
+from jobs.store import ANONYMOUS, JobStore, Waits
 from protocol import ErrorCode, ProtocolError, unknown_task
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class JobClient:
         self._lookups: list[tuple[str, asyncio.Future, str | None]] = []
         self._flushing = False
         self._dispatched_at = 0.0
+        self._ends_read = False  # the last event read found some: dispatch with the next
 
     def close(self) -> None:
         """Drop work not started; wait for the round trips under way, so none lands later.
@@ -312,23 +313,26 @@ class JobClient:
         return self.run(self.store.events_cursor)
 
     def read_events(
-        self, cursor: str, block_ms: int, waiting: Container[str] = ()
+        self, cursor: str, block_ms: int, waiting: Container[str] = (), waits: tuple[str, Waits] | None = None,
     ) -> Awaitable[tuple[str, list[Event], dict[str, bytes]]]:
-        """Events after ``cursor``, and the payloads of the finished jobs among ``waiting``.
+        """Events after ``cursor``, and the success messages of the finished jobs among ``waiting``.
 
-        The payloads come from the same thread right after the read, so a job's
-        end costs the IOLoop one wake-up instead of two.
+        Small messages come with their events; the others are fetched on the
+        same thread right after the read, so a job's end costs the IOLoop one
+        wake-up. ``waits`` (server id, changes) are shared, and the RQ queues
+        fed when due, in the read's own round trip (JobStore.read_events).
         """
-        return self._call(self._events_executor, self._read_events_and_payloads, cursor, block_ms, waiting)
+        return self._call(self._events_executor, self._read_events_and_payloads, cursor, block_ms, waiting, waits)
 
-    def _read_events_and_payloads(self, cursor: str, block_ms: int, waiting: Container[str]):
-        cursor, found = self.store.read_events(cursor, block_ms)
+    def _read_events_and_payloads(self, cursor: str, block_ms: int, waiting: Container[str], waits=None):
+        cursor, found = self.store.read_events(cursor, block_ms, waits=waits, dispatch=self._dispatch_due())
+        self._ends_read = bool(found)
         # ``waiting`` is read while the IOLoop may change it: a job missed here
         # is fetched by the caller, so a stale view costs a round trip, not a result.
-        finished = [e.task_id for e in found if e.state == FINISHED and e.task_id in waiting]
-        if self._dispatch_due(soon=bool(found)):
-            return cursor, found, self.store.payloads_and_dispatch(finished)
-        return cursor, found, self.store.payloads(finished)
+        ended = [e for e in found if e.state == FINISHED and e.task_id in waiting]
+        payloads = {e.task_id: e.payload for e in ended if e.payload}
+        payloads.update(self.store.payloads([e.task_id for e in ended if not e.payload]))
+        return cursor, found, payloads
 
     def recover_orphans(self) -> Awaitable[None]:
         """This process's turn at recovering jobs whose worker died (jobs/janitor.py); never fails."""
@@ -343,16 +347,17 @@ class JobClient:
             log.exception("Orphan recovery failed")
             self.on_internal_error("janitor")
 
-    def _dispatch_due(self, soon: bool) -> bool:
-        """Whether to feed the RQ queues from the pending lists (fair scheduling) now, on the events thread.
+    def _dispatch_due(self) -> bool:
+        """Whether to feed the RQ queues from the pending lists (fair scheduling) with the next event read.
 
         Job events mean jobs left the RQ queues, so they make room: dispatch
-        then. Otherwise every DISPATCH_INTERVAL_S, for ends without an event,
-        new workers, and jobs another server left waiting when it stopped.
-        Every server does this; the script is atomic, so they never collide.
+        with the read after one that found some. Otherwise every
+        DISPATCH_INTERVAL_S, for ends without an event, new workers, and jobs
+        another server left waiting when it stopped. Every server does this;
+        the script is atomic, so they never collide.
         """
         now = time.monotonic()
-        if soon or now - self._dispatched_at >= DISPATCH_INTERVAL_S:
+        if self._ends_read or now - self._dispatched_at >= DISPATCH_INTERVAL_S:
             self._dispatched_at = now
             return True
         return False

@@ -62,23 +62,43 @@ def publish(connection, job, state: str, code: str = "", text: str = "") -> None
     pipe.execute()
 
 
-def append(pipe, task_ids: list[str], state: str, code: str = "", text: str = "") -> None:
+def append(pipe, task_ids: list[str], state: str, code: str = "", text: str = "",
+           payloads: dict[str, bytes] | None = None) -> None:
     """Queue on ``pipe`` the event of a job whose tasks are ``task_ids``.
 
     One entry per job, not per task: a batch of 50 costs the stream, and
-    every server reading it, one entry.
+    every server reading it, one entry. Small success messages (``payloads``)
+    travel in the entry too, up to INLINE_PAYLOAD_BYTES each and
+    INLINE_ENTRY_BYTES in all, so a server delivers them without another
+    round trip; the stored message (keys.payload) stays the reference.
     """
-    fields = {"ids": ",".join(task_ids), "state": state}
+    fields: dict[str, str | bytes] = {"ids": ",".join(task_ids), "state": state}
     if code:
         fields["code"] = code
         fields["text"] = text
+    room = INLINE_ENTRY_BYTES
+    for task_id, payload in (payloads or {}).items():
+        if len(payload) <= min(INLINE_PAYLOAD_BYTES, room):
+            fields[INLINE_PREFIX + task_id] = payload
+            room -= len(payload)
     pipe.xadd(keys.EVENTS_STREAM, fields, maxlen=keys.EVENTS_MAXLEN, approximate=True)
+
+
+# A success message this small travels in its job's event (``append``).
+INLINE_PAYLOAD_BYTES = 512
+INLINE_ENTRY_BYTES = 4096
+INLINE_PREFIX = "payload:"
 
 
 def task_ids_in(fields: dict) -> list[str]:
     """The tasks an event entry names (``ids``; a single ``id`` is read too)."""
     raw = fields.get(b"ids") or fields.get(b"id") or b""
     return [task_id for task_id in raw.decode().split(",") if task_id]
+
+
+def inline_payload(fields: dict, task_id: str) -> bytes | None:
+    """The success message an event entry carries for ``task_id``, if it was small enough to."""
+    return fields.get((INLINE_PREFIX + task_id).encode())
 
 
 def describe_failure(exc_type, exc_value) -> tuple[ErrorCode, str]:

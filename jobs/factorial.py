@@ -33,9 +33,10 @@ def factorial(number: int) -> int:
     job = get_current_job()
     digits = factorial_digits(number)
     ttl = job.result_ttl if job.result_ttl and job.result_ttl > 0 else None
+    message = protocol.success(job.id, digits)
     pipe = job.connection.pipeline(transaction=False)
-    pipe.set(keys.payload(job.id), protocol.success(job.id, digits), ex=ttl)
-    events.append(pipe, [job.id], events.FINISHED)
+    pipe.set(keys.payload(job.id), message, ex=ttl)
+    events.append(pipe, [job.id], events.FINISHED, payloads={job.id: message})
     pipe.execute()
     return len(digits)
 
@@ -54,10 +55,12 @@ def factorial_batch(numbers: list[int] | None = None, task_ids: list[str] | None
     ttl = job.result_ttl if job.result_ttl and job.result_ttl > 0 else None
     if numbers is None:
         numbers, task_ids = events.take_batch_members(job.connection, job.id, (ttl or 0) + CLOSED_SLACK_S)
+    messages = {task_id: protocol.success(task_id, factorial_digits(number))
+                for number, task_id in zip(numbers, task_ids)}
     pipe = job.connection.pipeline(transaction=False)
-    for number, task_id in zip(numbers, task_ids):
-        pipe.set(keys.payload(task_id), protocol.success(task_id, factorial_digits(number)), ex=ttl)
-    events.append(pipe, task_ids, events.FINISHED)
+    for task_id, message in messages.items():
+        pipe.set(keys.payload(task_id), message, ex=ttl)
+    events.append(pipe, task_ids, events.FINISHED, payloads=messages)
     pipe.execute()
     return len(numbers)
 

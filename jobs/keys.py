@@ -3,8 +3,9 @@
 # Stream of job events (started, finished, failed), read by every server.
 EVENTS_STREAM = "factorial:events"
 # Keep roughly this many events; a server that falls further behind than that
-# still finds its jobs' ends in its periodic sweep.
-EVENTS_MAXLEN = 100_000
+# still finds its jobs' ends in its periodic sweep. An entry carries at most
+# 4 KB of small results (jobs/events.py), so the stream stays under about 60 MB.
+EVENTS_MAXLEN = 10_000
 
 
 def payload(task_id: str) -> str:

@@ -54,6 +54,7 @@ class Event:
     state: str  # STARTED, FINISHED or FAILED
     code: str = ""
     text: str = ""
+    payload: bytes | None = None  # a finished job's success message, when small enough to come with the event
 
     def job_state(self, payload: bytes | None = None) -> JobState:
         """The state this event announces (``payload``: the success message, for a finished job)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from redis import Redis
 from redis.exceptions import NoScriptError
@@ -113,17 +113,8 @@ class JobStore:
         entry must be written anew. The entry expires ``ttl_s`` after the last
         call, so a server that dies stops counting as a waiter.
         """
-        key = keys.waits_of(server_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.sadd(keys.WAITING_SERVERS, server_id)
-        if everything is not None:
-            pipe.delete(key)
-            added, removed = everything, set()
-        if added:
-            pipe.sadd(key, *added)
-        if removed:
-            pipe.srem(key, *removed)
-        pipe.pexpire(key, int(ttl_s * 1000))
+        pipe = self.redis.pipeline(transaction=False)
+        _queue_waits(pipe, server_id, Waits(added, removed, everything, ttl_s))
         pipe.execute()
 
     def dispatch(self) -> int:
@@ -132,28 +123,6 @@ class JobStore:
 
     def _dispatch_spec(self) -> str:
         return json.dumps({"queues": self._dispatch_queues, "per_worker": self.settings.queued_jobs_per_worker})
-
-    def payloads_and_dispatch(self, task_ids: list[str]) -> dict[str, bytes]:
-        """``payloads(task_ids)`` and a ``dispatch()``, in one round trip.
-
-        Job events make room in the RQ queues and finish the jobs whose
-        payloads are then fetched: both go together, so a job's end reaches
-        its clients one round trip sooner. The script goes by its hash, as
-        redis-py's own pipelined scripts would after one more round trip to
-        check that Redis has it; when Redis has lost it (a restart), the
-        plain calls load it again.
-        """
-        pipe = self.redis.pipeline(transaction=False)
-        if task_ids:
-            pipe.mget([keys.payload(task_id) for task_id in task_ids])
-        pipe.evalsha(self._dispatch_script.sha, 0, self._dispatch_spec())
-        try:
-            replies = pipe.execute()
-        except NoScriptError:
-            self.dispatch()
-            return self.payloads(task_ids)
-        values = replies[0] if task_ids else []
-        return {task_id: value for task_id, value in zip(task_ids, values) if value}
 
     def jobs_waiting(self) -> dict[str, int]:
         """Jobs waiting per queue: in its RQ queue and in every client's pending list."""
@@ -365,9 +334,32 @@ class JobStore:
         newest = self.redis.xrevrange(keys.EVENTS_STREAM, count=1)
         return newest[0][0].decode() if newest else "0-0"
 
-    def read_events(self, cursor: str, block_ms: int, count: int = 10_000) -> tuple[str, list[Event]]:
-        """Events after ``cursor``, waiting up to ``block_ms`` for the first one."""
-        reply = self.redis.xread({keys.EVENTS_STREAM: cursor}, count=count, block=block_ms or None)
+    def read_events(self, cursor: str, block_ms: int, count: int = 10_000,
+                    waits: "tuple[str, Waits] | None" = None, dispatch: bool = False) -> tuple[str, list[Event]]:
+        """Events after ``cursor``, waiting up to ``block_ms`` for the first one.
+
+        In the same round trip, first: ``waits``, (server id, changes) to
+        share (``sync_waits``); ``dispatch``, feed the RQ queues
+        (``dispatch()``). The dispatch script goes by its hash, as redis-py's
+        own pipelined scripts would after one more round trip to check that
+        Redis has it; when Redis has lost it (a restart), ``dispatch()``
+        loads it again and the read is made anew.
+        """
+        streams = {keys.EVENTS_STREAM: cursor}
+        if waits is None and not dispatch:
+            reply = self.redis.xread(streams, count=count, block=block_ms or None)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            if waits is not None:
+                _queue_waits(pipe, *waits)
+            if dispatch:
+                pipe.evalsha(self._dispatch_script.sha, 0, self._dispatch_spec())
+            pipe.xread(streams, count=count, block=block_ms or None)
+            try:
+                reply = pipe.execute()[-1]
+            except NoScriptError:
+                self.dispatch()
+                return self.read_events(cursor, block_ms, count, waits)
         found = []
         for _stream, entries in reply or ():
             for entry_id, fields in entries:
@@ -375,8 +367,43 @@ class JobStore:
                 state = fields.get(b"state", b"").decode()
                 code = fields.get(b"code", b"").decode()
                 text = fields.get(b"text", b"").decode(errors="replace")
-                found.extend(Event(task_id, state, code, text) for task_id in events.task_ids_in(fields))
+                found.extend(Event(task_id, state, code, text, events.inline_payload(fields, task_id))
+                             for task_id in events.task_ids_in(fields))
         return cursor, found
+
+
+class Waits(NamedTuple):
+    """Changes to the tasks one server's connections wait for (``everything``: the whole set, or None)."""
+
+    added: set[str]
+    removed: set[str]
+    everything: set[str] | None
+    ttl_s: float
+
+
+def _queue_waits(pipe, server_id: str, waits: Waits) -> None:
+    """Queue the commands that share ``waits`` on ``pipe`` (not a transaction).
+
+    A cancel script runs between any two of them; each leaves a set it may
+    read: the whole set is built aside and renamed into place in one step.
+    """
+    key = keys.waits_of(server_id)
+    added, removed = waits.added, waits.removed
+    pipe.sadd(keys.WAITING_SERVERS, server_id)
+    if waits.everything is not None:
+        added, removed = set(), set()
+        if waits.everything:
+            fresh = key + ":new"
+            pipe.delete(fresh)
+            pipe.sadd(fresh, *waits.everything)
+            pipe.rename(fresh, key)
+        else:
+            pipe.delete(key)
+    if added:
+        pipe.sadd(key, *added)
+    if removed:
+        pipe.srem(key, *removed)
+    pipe.pexpire(key, int(waits.ttl_s * 1000))
 
 
 def _cancelled(task_id: str, fields: list) -> JobState:

@@ -1,9 +1,11 @@
-"""After job events, the server fetches payloads and feeds the RQ queues in one round trip."""
+"""After job events, the server feeds the RQ queues in its next event read's round trip,
+and small results come with their events."""
 
 from redis import Redis
 
 import protocol
-from jobs import keys
+from jobs import events, keys
+from jobs.states import FINISHED
 from jobs.store import JobStore
 from settings import Settings
 
@@ -12,34 +14,54 @@ def _store(redis_url) -> JobStore:
     return JobStore(Redis.from_url(redis_url), Settings(redis_url=redis_url))
 
 
-def test_payloads_come_back_and_a_waiting_job_moves_into_the_room_left(redis_url, redis_client):
+def test_a_read_with_dispatch_moves_a_waiting_job_into_the_room_left(redis_url, redis_client):
     store = _store(redis_url)
     answers = store.submit([5000, 6000], ["a-client", "a-client"])
     # No worker: the RQ queue holds one job, the other waits in its client's list.
     assert redis_client.llen("rq:queue:hard") == 1
-    taken = redis_client.lpop("rq:queue:hard").decode()  # a worker takes it...
-    redis_client.set(keys.payload(taken), b'{"type":"success"}')  # ...and stores its result
+    taken = redis_client.lpop("rq:queue:hard").decode()  # a worker takes it
 
-    missing = "0" * 32
-    found = store.payloads_and_dispatch([taken, missing])
+    store.read_events("0-0", 0, dispatch=True)
 
-    assert found == {taken: b'{"type":"success"}'}
     waiting = (set(a.task_id for a in answers.values()) - {taken}).pop()
     assert redis_client.lrange("rq:queue:hard", 0, -1) == [waiting.encode()]
 
 
-def test_it_still_dispatches_after_redis_forgot_its_scripts(redis_url, redis_client):
+def test_it_still_dispatches_and_reads_after_redis_forgot_its_scripts(redis_url, redis_client):
     store = _store(redis_url)
     store.submit([5000, 6000], ["a-client", "a-client"])
     redis_client.lpop("rq:queue:hard")
+    pipe = redis_client.pipeline()
+    events.append(pipe, ["t" * 32], FINISHED)
+    pipe.execute()
     redis_client.script_flush()  # what a Redis restart does to loaded scripts
 
-    assert store.payloads_and_dispatch([]) == {}
+    _, found = store.read_events("0-0", 0, dispatch=True)
+    assert [e.task_id for e in found] == ["t" * 32]
     assert redis_client.llen("rq:queue:hard") == 1
 
 
-def test_nothing_to_fetch_is_not_an_error_either(redis_url):
-    payload = protocol.success("f" * 32, "120")
-    store = _store(redis_url)
-    store.redis.set(keys.payload("f" * 32), payload)
-    assert store.payloads_and_dispatch(["f" * 32]) == {"f" * 32: payload}
+def test_small_results_come_with_their_event_and_large_ones_do_not(redis_url, redis_client):
+    small = {f"{i:032d}": protocol.success(f"{i:032d}", str(i) * 20) for i in range(3)}
+    large = {"l" * 32: protocol.success("l" * 32, "7" * 3000)}
+    pipe = redis_client.pipeline()
+    events.append(pipe, list(small) + list(large), FINISHED, payloads={**small, **large})
+    pipe.execute()
+
+    _, found = _store(redis_url).read_events("0-0", 0)
+
+    assert {e.task_id: e.payload for e in found} == {**small, "l" * 32: None}
+
+
+def test_an_entry_carries_at_most_its_share_of_small_results(redis_url, redis_client):
+    many = {f"{i:032d}": protocol.success(f"{i:032d}", "9" * 400) for i in range(20)}  # ~480 bytes each
+    pipe = redis_client.pipeline()
+    events.append(pipe, list(many), FINISHED, payloads=many)
+    pipe.execute()
+
+    _, found = _store(redis_url).read_events("0-0", 0)
+
+    carried = [e for e in found if e.payload]
+    assert 0 < sum(len(e.payload) for e in carried) <= events.INLINE_ENTRY_BYTES
+    assert all(e.payload == many[e.task_id] for e in carried)
+    assert len(found) == 20
