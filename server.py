@@ -27,6 +27,7 @@ from handlers.health import HealthHandler, MetricsHandler
 from handlers.identity import ClientIdentifier
 from handlers.limits import ClientCounts
 from handlers.metrics import Metrics
+from handlers.pacing import PacedHTTPServer
 from handlers.socket import FactorialSocket
 from jobs import connection
 from jobs.client import JobClient
@@ -111,15 +112,16 @@ async def serve(settings: Settings, slot: int = 0) -> None:
     """Serve until SIGTERM or SIGINT, then drain: see handlers/drain.py."""
     raise_open_file_limit()
     app = make_app(settings)
-    server = app.listen(
+    # A few new connections start per loop pass (handlers/pacing.py). No
+    # xheaders: Tornado would believe X-Forwarded-For and X-Real-IP from
+    # anyone; handlers/identity.py believes only TRUSTED_PROXIES.
+    server = PacedHTTPServer(app, ssl_options=ssl_context(settings))
+    server.listen(
         settings.server_port,
         settings.server_host,
         backlog=LISTEN_BACKLOG,
         # Several processes of this host listen on the same port (stack/web_processes.py).
         reuse_port=True,
-        ssl_options=ssl_context(settings),
-        # No xheaders: Tornado would believe X-Forwarded-For and X-Real-IP
-        # from anyone. handlers/identity.py believes only TRUSTED_PROXIES.
     )
     app.context.delivery.start()
     looplag.start(settings.loop_lag_port + slot if settings.loop_lag_port else 0)
