@@ -4,6 +4,7 @@ subscribers that go away, and a Redis outage it resumes from by itself."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import logging
@@ -193,3 +194,41 @@ async def test_close_waits_for_the_tick_under_way_so_no_call_follows_the_job_cli
         jobs.close()
         await asyncio.sleep(0.1)  # a tick that outlived close() would fail now
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_thousands_of_results_ending_together_are_written_a_slice_per_loop_pass(make_delivery, redis_url):
+    from jobs import events, keys
+    from jobs.states import FINISHED
+    from tests.handlers.test_pacing import PassCounter
+
+    delivery = make_delivery(settings_for(redis_url))
+    counter = PassCounter()
+    passes: list[int] = []
+
+    class Timed(Subscriber):
+        def send(self, frame) -> int:
+            passes.append(counter.passes)
+            return super().send(frame)
+
+    subscriber = Timed("many")
+    task_ids = [f"{i:032x}" for i in range(1000)]
+    for task_id in task_ids:
+        delivery.watch(task_id, subscriber)
+    # 1000 ends in one stream read: what a burst of small jobs looks like to a server.
+    redis = Redis.from_url(redis_url)
+    pipe = redis.pipeline()
+    for i in range(0, 1000, 50):
+        chunk = task_ids[i : i + 50]
+        for task_id in chunk:
+            pipe.set(keys.payload(task_id), json.dumps({"type": "success", "task_id": task_id, "result": 1}))
+        events.append(pipe, chunk, FINISHED)
+    pipe.execute()
+    try:
+        await async_wait_until(lambda: len(subscriber.frames) == 1000, timeout=20, what="every result")
+    finally:
+        counter.running = False
+    per_pass = collections.Counter(passes)
+    # WRITE_SLICE_FRAMES (200) per pass: the 1000 frames take at least 5 passes.
+    assert max(per_pass.values()) <= 200 and len(per_pass) >= 5, per_pass
+    assert {frame["task_id"] for frame in subscriber.frames} == set(task_ids)
