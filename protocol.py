@@ -118,6 +118,10 @@ def _parse_int(literal: str):
     return int(literal)
 
 
+# Built once: json.loads with arguments builds a decoder per call.
+_DECODER = json.JSONDecoder(parse_int=_parse_int)
+
+
 def decode(text: Union[str, bytes]) -> dict:
     """One JSON object from a frame or body, with the protocol's strictness; else ``bad_json``.
 
@@ -127,7 +131,7 @@ def decode(text: Union[str, bytes]) -> dict:
     if not isinstance(text, str):
         raise ProtocolError(ErrorCode.BAD_JSON)
     try:
-        message = json.loads(text, parse_int=_parse_int)
+        message = _DECODER.decode(text)
     except (ValueError, RecursionError):
         # RecursionError: deeply nested arrays exhaust the decoder's stack.
         raise ProtocolError(ErrorCode.BAD_JSON) from None
