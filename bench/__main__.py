@@ -6,7 +6,8 @@
     python -m bench --url ws://host:8888/ws --redis-url redis://host:6379/0 [--probe-url http://...]
 
 A stack of its own is a private redis-server on a free port, ``--workers`` rq
-workers (``jobs.worker.LaneWorker``), two servers (the second offers
+workers (``jobs.worker.LaneWorker``; as the Procfile runs them, one on
+``soft`` and one on ``hard`` by default), two servers (the second offers
 permessage-deflate, for the compression scenario and for scale out) and the
 no-queue ceiling (``bench.ceiling``). Every figure is printed beside the
 ceiling's and the floor's, as ratios. The table is saved as JSON under
@@ -46,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="run only this scenario (repeatable); default: all")
     parser.add_argument("--quick", action="store_true",
                         help="smaller counts; skips 1000000!, 1000 clients and 10,000 connections")
-    parser.add_argument("--workers", type=int, default=2, help="rq workers to start (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="rq workers to start, alternately on soft and on hard (default 2; 1 serves both)")
     parser.add_argument("--worker-class", default="jobs.worker.LaneWorker")
     parser.add_argument("--url", action="append", help="a running server's ws:// URL (give two for scale out)")
     parser.add_argument("--redis-url", help="the running stack's Redis (needed with --url)")

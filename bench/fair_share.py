@@ -139,7 +139,7 @@ def main() -> None:
             ("with the heavy client, first come first served", 1_000_000, True))):
         stack = stacks.own_redis("bench-fair-")
         try:
-            stack.start_workers(2, "jobs.worker.LaneWorker")
+            stack.start_workers(2, "jobs.worker.LaneWorker", queues=("soft", "hard"))
             server = stack.start_server({"QUEUED_JOBS_PER_WORKER": str(per_worker)})
             results[name] = asyncio.run(scenario(server.url, run, with_heavy))
             log.info("%s: %s", name, json.dumps(results[name]))

@@ -3,7 +3,7 @@
     python -m bench.profile                # 100 clients, 15 s of load, a stack of its own
     python -m bench.profile --seconds 30 --clients 100
 
-Starts the benchmark's stack (Redis, two workers, one server), runs ``py-spy
+Starts the benchmark's stack (Redis, two workers: one on soft, one on hard; one server), runs ``py-spy
 record`` on the server and on each worker while ``--clients`` connections ask
 for distinct small ``n`` one at a time, nothing cached, and prints for each
 process and thread the wall time per job of each stage (reading frames,

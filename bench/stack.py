@@ -15,6 +15,7 @@ from pathlib import Path
 
 from redis import Redis
 
+from jobs.routing import QUEUES
 from stack.procs import free_port, stop_process, wait_until
 from stack.redis import server_command
 
@@ -81,14 +82,20 @@ class Stack:
     def redis(self) -> Redis:
         return Redis.from_url(self.redis_url)
 
-    def start_workers(self, count: int, worker_class: str) -> None:
-        """Replace the running workers by ``count`` workers of ``worker_class``."""
+    def start_workers(self, count: int, worker_class: str, queues: tuple[str, ...] | None = None) -> None:
+        """Replace the running workers by ``count`` workers of ``worker_class``.
+
+        On ``queues`` if given; else as the Procfile runs them, one per queue,
+        the first on ``soft``, the next on ``hard``, and so on (one worker
+        alone serves both).
+        """
         self.stop_workers()
         self.worker_class = worker_class
         client = self.redis
-        for _ in range(count):
+        for i in range(count):
             before = set(client.smembers("rq:workers"))
-            command = [sys.executable, "-m", "rq.cli", "worker", "soft", "hard",
+            served = queues or (QUEUES if count == 1 else (QUEUES[i % len(QUEUES)],))
+            command = [sys.executable, "-m", "rq.cli", "worker", *served,
                        "--worker-class", worker_class, "--url", self.redis_url, *self.worker_args]
             process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "deploy" / "systemd"
 # Procfile process -> its unit.
-UNIT_OF = {"redis": "factorial-redis", "web": "factorial-web", "worker": "factorial-worker",
+UNIT_OF = {"redis": "factorial-redis", "web": "factorial-web", "hard_worker": "factorial-hard-worker",
            "soft_worker": "factorial-soft-worker", "dashboard": "factorial-dashboard"}
 
 
@@ -52,3 +52,19 @@ def test_systemd_accepts_every_unit(tmp_path):
                               text=True, timeout=60)
         # Silent when it finds nothing wrong (unknown keys, bad values, missing programs).
         assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), (unit.name, done.stdout, done.stderr)
+
+
+def test_each_procfile_worker_serves_one_queue_and_together_they_serve_every_queue():
+    # A worker of several queues takes a job with BLPOP, which holds it in no
+    # list until the job starts: killed in between, the worker loses it. One
+    # queue per worker means RQ's LMOVE into a list the janitor watches.
+    from jobs.routing import QUEUES
+
+    served = []
+    for process, command in _procfile().items():
+        words = command.split()
+        if "rq" in words and words[words.index("rq") + 1] == "worker":
+            queues = words[words.index("worker") + 1 : words.index("--worker-class")]
+            assert len(queues) == 1, (process, queues)
+            served += queues
+    assert sorted(served) == sorted(QUEUES)
