@@ -16,7 +16,7 @@ from pathlib import Path
 from redis import Redis
 
 from jobs.routing import QUEUES
-from stack.procs import free_port, stop_process, wait_until
+from stack.procs import free_port, free_ports, stop_process, wait_until
 from stack.redis import server_command
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,9 @@ class Stack:
 
     def start_server(self, extra_env: dict | None = None, variant: str = "") -> Server:
         """A server; a ``variant`` one is kept apart from ``servers``, under that name."""
-        port, probe_port = free_port(), free_port()
+        # Each of WEB_PROCESSES processes serves its probe on the next port.
+        processes = int((extra_env or {}).get("WEB_PROCESSES", "1"))
+        port, probe_port = free_port(), free_ports(processes)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "SERVER_PORT": str(port), "SERVER_HOST": "127.0.0.1",
                "REDIS_URL": self.redis_url, "LOOP_LAG_PORT": str(probe_port), "LOG_LEVEL": "WARNING",
                # One process per server, as the benchmark starts them one by one.

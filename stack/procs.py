@@ -5,6 +5,7 @@ Shared by the benchmark and the tests, which both start the stack's processes.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -15,6 +16,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_ports(count: int, tries: int = 100) -> int:
+    """The first of ``count`` consecutive TCP ports on 127.0.0.1 that nothing listens on right now."""
+    for _ in range(tries):
+        first = free_port()
+        if first + count - 1 > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} free consecutive ports found")
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
