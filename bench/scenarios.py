@@ -281,15 +281,25 @@ class Scenarios:
         single.close()
         self.expected.check(n, raw, ack["task_id"])
 
-        forget_numbers(self.stack)
-        service = await self._all_at_once(self.url, n, clients)
-        ceiling = await self._all_at_once(self.ceiling_url, n, clients)
+        # Rounds alternate with the ceiling, each with nothing cached; the median
+        # of each is compared (a single pair moved from 0.8x to 1.6x between runs).
+        services, ceilings = [], []
+        for _ in range(ROUNDS):
+            forget_numbers(self.stack)
+            services.append(await self._all_at_once(self.url, n, clients))
+            ceilings.append((await self._all_at_once(self.ceiling_url, n, clients))[0])
+        service = sorted(services, key=lambda run: run[0])[len(services) // 2]
+        ceiling = sorted(ceilings)[len(ceilings) // 2]
         wall, task_ids, exact, cpu, size = service
-        met = len(task_ids) == 1 and exact == clients and wall <= 1.2 * ceiling[0]
+        all_exact = all(len(run[1]) == 1 and run[2] == clients for run in services)
+        met = all_exact and wall <= 1.2 * ceiling
         return [Row(f"hot key, {clients} clients ask {n}! at once", "wall, all answered", wall * 1000, "ms",
-                    ceiling[0] * 1000, None, "", "1 job, all exact, <= 1.2x ceiling", met,
-                    f"jobs {len(task_ids)}, exact {exact}/{clients}; one client alone {alone * 1000:.0f} ms; "
-                    f"{clients * size / wall / 1e6:.0f} MB/s delivered; CPU s "
+                    ceiling * 1000, None, "", "1 job, all exact, <= 1.2x ceiling", met,
+                    f"jobs {max(len(run[1]) for run in services)}, exact {min(run[2] for run in services)}/{clients}"
+                    f" (worst round); median of {ROUNDS}, alternating; ms service "
+                    f"{[round(run[0] * 1000) for run in services]}, ceiling {[round(c * 1000) for c in ceilings]}; "
+                    f"one client alone {alone * 1000:.0f} ms; "
+                    f"{clients * size / wall / 1e6:.0f} MB/s delivered; CPU s (median round) "
                     + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))]
 
     async def _all_at_once(self, url: str, n: int, clients: int):
