@@ -244,7 +244,7 @@ class Scenarios:
         return Row(f"{clients} clients x {each}, {name}", "jobs/s", measured[0], "jobs/s",
                    None, default[0], f"{baseline}, same rounds",
                    note=f"median of {ROUNDS}, alternating; jobs/s {[round(r) for r, _ in rates['variant']]} "
-                   f"vs {[round(r) for r, _ in rates['default']]}; server CPU ms/job (first process) "
+                   f"vs {[round(r) for r, _ in rates['default']]}; server CPU ms/job "
                    f"{measured[1]:.3f} vs {default[1]:.3f}")
 
     # --- 3. big results -----------------------------------------------------

@@ -214,11 +214,28 @@ def attach(urls: list[str], redis_url: str, probe_urls: list[str]) -> Stack:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its waited-for children."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
+    """User + system CPU seconds of a process and its children, live or waited for.
+
+    A WEB_PROCESSES server is a supervisor whose forked processes do the work.
+    """
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    # Fields from 3 on, after the command name; see proc(5).
+                    stats[int(entry)] = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+    if pid not in stats:
         return 0.0
-    # Fields 14-17 of proc(5): utime, stime, cutime, cstime; [0] here is field 3.
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for child, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(child)  # field 4: the parent's pid
+    total, family = 0, [pid]
+    while family:
+        member = family.pop()
+        # Fields 14-17: utime, stime, cutime, cstime.
+        total += sum(int(x) for x in stats[member][11:15])
+        family += children.get(member, [])
+    return total / os.sysconf("SC_CLK_TCK")
