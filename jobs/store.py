@@ -85,7 +85,7 @@ class JobStore:
 
         The job is stopped only when no one else waits for it: not another
         connection of this server (``others_here``), nor one of another live
-        server (``sync_waits``). A queued job is taken off its queue or pending
+        server (shared with ``read_events``). A queued job is taken off its queue or pending
         list; a running one's worker is told to stop it.
         """
         spec = {
@@ -104,18 +104,6 @@ class JobStore:
                 pass  # it ended meanwhile; the mark still answers later lookups with "cancelled"
             outcome = "stopped"
         return outcome
-
-    def sync_waits(self, server_id: str, added: set[str], removed: set[str], everything: set[str] | None,
-                   ttl_s: float) -> None:
-        """Tell other servers which tasks this server's connections wait for (cancel asks them).
-
-        Changes go as they happen; ``everything`` (the whole set) when the
-        entry must be written anew. The entry expires ``ttl_s`` after the last
-        call, so a server that dies stops counting as a waiter.
-        """
-        pipe = self.redis.pipeline(transaction=False)
-        _queue_waits(pipe, server_id, Waits(added, removed, everything, ttl_s))
-        pipe.execute()
 
     def dispatch(self) -> int:
         """Move waiting jobs into the RQ queues that have room, round robin across clients; return how many."""
@@ -339,7 +327,10 @@ class JobStore:
         """Events after ``cursor``, waiting up to ``block_ms`` for the first one.
 
         In the same round trip, first: ``waits``, (server id, changes) to
-        share (``sync_waits``); ``dispatch``, feed the RQ queues
+        the tasks that server's connections wait for, which a cancel on any
+        server reads (jobs/lua/cancel.lua), written to an entry that expires
+        ``ttl_s`` after the last write, so a server that dies stops counting;
+        ``dispatch``, feed the RQ queues
         (``dispatch()``). The dispatch script goes by its hash, as redis-py's
         own pipelined scripts would after one more round trip to check that
         Redis has it; when Redis has lost it (a restart), ``dispatch()``

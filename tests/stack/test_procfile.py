@@ -86,13 +86,13 @@ async def test_honcho_start_serves_factorials_and_the_dashboard_then_stops_clean
     wait_until(lambda: _http_ok(f"http://127.0.0.1:{ports['web']}/"), timeout=30, what="the web process")
     wait_until(lambda: _http_ok(f"http://127.0.0.1:{ports['dashboard']}/"), timeout=30, what="rq-dashboard")
 
-    # Two workers: one for both queues, one for soft jobs only, so a small job
-    # never waits behind a long hard one.
+    # Two workers, one per queue: a small job never waits behind a long hard
+    # one, and a job a worker takes stays in a list until it starts.
     redis = Redis.from_url(f"redis://127.0.0.1:{ports['redis']}/0")
     wait_until(lambda: len(redis.smembers("rq:workers")) == 2, timeout=30, what="both workers to register")
-    queues = sorted(Worker.find_by_key(key.decode(), connection=redis).queue_names() == ["soft"]
+    queues = sorted(Worker.find_by_key(key.decode(), connection=redis).queue_names()
                     for key in redis.smembers("rq:workers"))
-    assert queues == [False, True]
+    assert queues == [["hard"], ["soft"]]
 
     client = await Client.connect(f"ws://127.0.0.1:{ports['web']}/ws")
     ack, done = await client.factorial(5, timeout=30)
