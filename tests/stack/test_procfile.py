@@ -83,7 +83,8 @@ def _processes_with(variable: str) -> list[int]:
 @pytest.mark.gen_test(timeout=60)
 async def test_honcho_start_serves_factorials_and_the_dashboard_then_stops_cleanly(stack):
     ports, honcho = stack
-    wait_until(lambda: _http_ok(f"http://127.0.0.1:{ports['web']}/"), timeout=30, what="the web process")
+    wait_until(lambda: _http_ok(f"http://127.0.0.1:{ports['web']}/healthz"), timeout=30,
+               what="the web process, with Redis")
     wait_until(lambda: _http_ok(f"http://127.0.0.1:{ports['dashboard']}/"), timeout=30, what="rq-dashboard")
 
     # Two workers, one per queue: a small job never waits behind a long hard
@@ -147,7 +148,8 @@ def _soft_only_worker_pids(redis: Redis) -> set[int]:
 async def test_a_crashed_worker_or_server_is_restarted_and_the_stack_keeps_running(stack):
     ports, honcho = stack
     web_url = f"http://127.0.0.1:{ports['web']}/"
-    wait_until(lambda: _http_ok(web_url), timeout=30, what="the web process")
+    # /healthz is 200 once the server reaches Redis, which starts alongside it.
+    wait_until(lambda: _http_ok(web_url + "healthz"), timeout=30, what="the web process, with Redis")
     redis = Redis.from_url(f"redis://127.0.0.1:{ports['redis']}/0")
     wait_until(lambda: len(redis.smembers("rq:workers")) == 2, timeout=30, what="both workers to register")
 
