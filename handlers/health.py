@@ -26,8 +26,13 @@ def read_health(store: JobStore) -> dict:
             name: {"workers": Worker.count(connection=store.redis, queue=queue), "length": lengths[name]}
             for name, queue in store.queues.items()
         }
+    except OUTAGE_ERRORS:
+        # Not the exception's text: it names Redis's address, which /healthz,
+        # open to any load balancer or passer-by, has no need to tell.
+        return {"redis": False, "error": "Redis cannot be reached", "queues": {}}
     except RedisError as exc:
-        return {"redis": False, "error": str(exc), "queues": {}}
+        log.warning("Health check: Redis answered with an error: %s", exc)
+        return {"redis": False, "error": "Redis answered with an error (see the server log)", "queues": {}}
     return {"redis": True, "queues": queues}
 
 

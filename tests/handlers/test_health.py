@@ -40,6 +40,8 @@ async def test_healthz_is_503_when_redis_is_unreachable(http_client, base_url, a
     response = await http_client.fetch(base_url + "/healthz", raise_error=False)
     health = json.loads(response.body)
     assert response.code == 503 and health["redis"] is False and health["ok"] is False
+    # Told, without Redis's address.
+    assert health["error"] == "Redis cannot be reached" and "127.0.0.1" not in response.body.decode()
     # Metrics still answer, without queue lengths.
     response = await http_client.fetch(base_url + "/metrics")
     assert response.code == 200 and b"factorial_open_connections" in response.body
