@@ -38,6 +38,7 @@ class PatientClient:
         self.answered_after_s: dict[str, float] = {}
         self.reconnects = 0
         self.close_codes: list[int | None] = []
+        self.refused: list[dict] = []  # refusals no retry can help
         self._connection = None
         self._reader: asyncio.Task | None = None
         self._stopping = False
@@ -71,7 +72,7 @@ class PatientClient:
 
     def wrong_answers(self) -> list[str]:
         """Every acknowledged task without exactly one correct final answer, described."""
-        problems = []
+        problems = [f"request {m.get('ref')} refused: {m}" for m in self.refused]
         for task_id, number in self.acked.items():
             finals = self.finals.get(task_id, [])
             if len(finals) != 1:
@@ -127,10 +128,16 @@ class PatientClient:
             self.acked_at.setdefault(task_id, time.monotonic())
             self.pending.add(task_id)
         elif kind == "error" and not task_id and ref in self.unacked:
-            if message.get("code") in ("unavailable", "busy"):
+            # Refusals a client is told to retry later (protocol: error codes).
+            # rate_limited comes when the requests a stalled server held come
+            # through together, more than the client's in-flight limit.
+            if message.get("code") in ("unavailable", "busy", "rate_limited"):
                 asyncio.get_running_loop().call_later(RETRY_PAUSE_S, self._resend, ref, self.reconnects)
             else:
-                raise AssertionError(f"request {ref} refused: {message}")
+                # Kept, and reported by wrong_answers(): raising here would end
+                # the reader and leave every later answer unread.
+                self.refused.append(message)
+                self.unacked.pop(ref)
         elif kind in ("success", "error") and task_id:
             self.finals[task_id].append(message)
             if task_id in self.pending:

@@ -257,8 +257,10 @@ async def test_faults_in_turn_lose_no_acknowledged_task(tmp_path):
         await loop.run_in_executor(None, stack.balancer.wait_state, "web-1", "UP", 40)
 
         # 3. The host of the current primary cut off: its Redis and its Sentinel fall silent.
-        # Passed alone, but failed once in a full run on a loaded machine (no new
-        # request acknowledged within 60 s), so CI leaves it out until understood.
+        # Its one explained failure was the test client's: it stopped reading at a
+        # rate_limited refusal (tests/deploy/patient_client.py now retries). After
+        # that, 26 of 27 runs passed (10 with four CPU-bound processes beside);
+        # the failing one's cause was not captured, so CI still leaves it out.
         if os.environ.get("MULTIHOST_PARTITION") == "1":
             current = primary_address(sentinels)
             cut = next(h for h in redis_hosts if h.address == current)
