@@ -10,6 +10,7 @@ checks every waited-for job, for ends that sent no event.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -214,6 +215,10 @@ class ResultDelivery:
     def _remember(self, found: list[Event]) -> None:
         now = time.monotonic()
         for event in found:
+            if event.payload is not None:
+                # Kept 30 s, at thousands per second: without the result it carried
+                # (a late watcher's delivery reads it again from Redis).
+                event = dataclasses.replace(event, payload=None)
             self._recent[event.task_id] = (event, now)
             self._recent.move_to_end(event.task_id)
         while self._recent:
