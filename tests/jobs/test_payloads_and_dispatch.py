@@ -4,7 +4,7 @@ and small results come with their events."""
 from redis import Redis
 
 import protocol
-from jobs import events, keys
+from jobs import events
 from jobs.states import FINISHED
 from jobs.store import JobStore
 from settings import Settings
