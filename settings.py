@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
 
 EVENT_LOOPS = ("uvloop", "asyncio")
+# An HTTP header name (RFC 9110, section 5.1: a token).
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 class SettingsError(ValueError):
@@ -78,15 +81,31 @@ class Settings:
     queued_jobs_per_worker: int = 1
 
     # Client identity (handlers/identity.py). Proxies (addresses or CIDR
-    # networks) whose X-Forwarded-For / X-Real-IP name the client; anyone
-    # else's are ignored.
+    # networks) whose real_ip_header names the client; anyone else's is ignored.
     trusted_proxies: tuple[str, ...] = ()
+    # The one header a trusted proxy names the client in: X-Forwarded-For (a
+    # list, read right to left), or one holding a single address the proxy
+    # sets (X-Real-IP). The other is never read.
+    real_ip_header: str = "X-Forwarded-For"
+    # IPv6 addresses in one network of this prefix length are one client.
+    client_ipv6_prefix: int = 64
     # "name:key" entries: a request carrying the key is the client "name".
-    api_keys: tuple[str, ...] = ()
+    # Secrets: kept out of repr().
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_keys_required: bool = False
 
-    # Origins allowed to open a WebSocket besides the server's own.
+    # Origins allowed to open a WebSocket, or to send a state-changing HTTP
+    # request from a browser, besides the server's own.
     allowed_origins: tuple[str, ...] = ()
+    # Slow and dead connections (handlers/front_door.py): a request's headers
+    # must arrive within header_timeout_s (also how long an idle keep-alive
+    # connection stays open), its body within body_timeout_s.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    # A WebSocket is pinged every interval; one that has not answered within
+    # the timeout is closed.
+    websocket_ping_interval_s: float = 20.0
+    websocket_ping_timeout_s: float = 20.0
     websocket_compression: bool = False
     tls_certfile: str = ""
     tls_keyfile: str = ""
@@ -113,9 +132,18 @@ class Settings:
                 raise SettingsError(f"REDIS_SENTINELS entry {address!r} is not host:port")
         for entry in self.trusted_proxies:
             try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise SettingsError(f"TRUSTED_PROXIES: {entry!r} is not an address or a CIDR network") from None
+                # strict: 10.0.0.5/8 (host bits set) is a typo, not "all of 10/8".
+                ipaddress.ip_network(entry, strict=True)
+            except ValueError as err:
+                raise SettingsError(f"TRUSTED_PROXIES: {entry!r} is not an address or a CIDR network ({err})") from None
+        if not _HEADER_NAME.fullmatch(self.real_ip_header):
+            raise SettingsError(f"REAL_IP_HEADER={self.real_ip_header!r} is not an HTTP header name")
+        if not 1 <= self.client_ipv6_prefix <= 128:
+            raise SettingsError(f"CLIENT_IPV6_PREFIX={self.client_ipv6_prefix} must lie between 1 and 128")
+        if self.websocket_ping_timeout_s > self.websocket_ping_interval_s:
+            # Tornado would shorten it to the interval without a word.
+            raise SettingsError(f"WEBSOCKET_PING_TIMEOUT_S={self.websocket_ping_timeout_s} must not exceed "
+                                f"WEBSOCKET_PING_INTERVAL_S={self.websocket_ping_interval_s}")
         for position, entry in enumerate(self.api_keys, 1):
             name, _, key = entry.partition(":")
             if not name.strip() or not key:

@@ -13,6 +13,11 @@ anybody; whichever server next talks to Redis deletes the counts of a server
 whose lease ran out. Counts therefore recover ``CLIENT_LEASE_S`` after a
 server is killed.
 
+Every key also carries a TTL, a few leases long, so that nothing is left
+behind when the last server dies (no one is left to run the cleanup above):
+a server renews the TTLs of its keys once per lease while it counts anybody,
+and the list of leases outlives every server's own keys.
+
 Everything happens in one Lua script per exchange, so it is atomic and costs
 one round trip, made on the job client's threads (never on the IOLoop). The
 script reads keys it computes itself: it needs a single Redis (or a
@@ -45,12 +50,17 @@ local servers = prefix .. 'servers'
 local me = p.server
 local function client_key(c) return prefix .. 'client:' .. c end
 local function members_key(s) return prefix .. 'server:' .. s end
+local function renewed_key(s) return prefix .. 'renewed:' .. s end
+-- TTLs, in leases: a server's members set outlives the client hashes it
+-- renews (so a cleanup still finds their fields), and the list of leases
+-- outlives every members set (so a cleanup still finds the server).
+local client_ttl, members_ttl, servers_ttl = 3 * p.lease_ms, 4 * p.lease_ms, 5 * p.lease_ms
 
 local function forget_server(s)
   for _, c in ipairs(redis.call('SMEMBERS', members_key(s))) do
     redis.call('HDEL', client_key(c), 'c:' .. s, 'f:' .. s)
   end
-  redis.call('DEL', members_key(s))
+  redis.call('DEL', members_key(s), renewed_key(s))
   redis.call('ZREM', servers, s)
 end
 
@@ -65,6 +75,20 @@ end
 local score = redis.call('ZSCORE', servers, me)
 local lapsed = (not score) or tonumber(score) < now
 redis.call('ZADD', servers, now + p.lease_ms, me)
+redis.call('PEXPIRE', servers, servers_ttl)
+-- Once per lease: the TTLs of the hashes of every client this server counts.
+if redis.call('EXISTS', renewed_key(me)) == 0 then
+  for _, c in ipairs(redis.call('SMEMBERS', members_key(me))) do
+    redis.call('PEXPIRE', client_key(c), client_ttl)
+  end
+  redis.call('PEXPIRE', members_key(me), members_ttl)
+  redis.call('SET', renewed_key(me), 1, 'PX', p.lease_ms)
+end
+local function counted(c)
+  redis.call('SADD', members_key(me), c)
+  redis.call('PEXPIRE', members_key(me), members_ttl)
+  redis.call('PEXPIRE', client_key(c), client_ttl)
+end
 
 local function set_field(key, field, value)
   if value > 0 then redis.call('HSET', key, field, value) else redis.call('HDEL', key, field) end
@@ -75,7 +99,7 @@ for _, s in ipairs(p.sync) do
   set_field(client_key(c), 'c:' .. me, conns)
   set_field(client_key(c), 'f:' .. me, flight)
   if conns > 0 or flight > 0 then
-    redis.call('SADD', members_key(me), c)
+    counted(c)
   else
     redis.call('SREM', members_key(me), c)
   end
@@ -102,7 +126,7 @@ for _, a in ipairs(p.admit) do
     end
     if room > 0 then
       redis.call('HINCRBY', client_key(c), 'c:' .. me, room)
-      redis.call('SADD', members_key(me), c)
+      counted(c)
     end
   else
     if p.max_in_flight > 0 and p.max_in_flight - flight < room then
@@ -121,7 +145,7 @@ for _, a in ipairs(p.admit) do
     end
     if room > 0 and p.max_in_flight > 0 then
       redis.call('HINCRBY', client_key(c), 'f:' .. me, room)
-      redis.call('SADD', members_key(me), c)
+      counted(c)
     end
   end
   table.insert(reply, room)
