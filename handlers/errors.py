@@ -14,7 +14,7 @@ from http import HTTPStatus
 import tornado.web
 
 import protocol
-from handlers.identity import logged_client, without_api_key
+from handlers.identity import logged_client
 from protocol import ErrorCode, ProtocolError
 
 access_log = logging.getLogger("tornado.access")
@@ -49,6 +49,11 @@ def http_error(status: int, request, text: str | None = None) -> ProtocolError:
 class JsonErrors:
     """Mixin for a ``RequestHandler``: its errors are the protocol's JSON error messages."""
 
+    def set_default_headers(self) -> None:
+        # A page opened as /?api_key=KEY must not pass its address, key and
+        # all, to the sites its links and requests go to.
+        self.set_header("Referrer-Policy", "no-referrer")
+
     def write_error(self, status_code: int, **kwargs) -> None:
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
@@ -79,6 +84,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     level = logging.ERROR if status >= 500 else logging.INFO
     request = handler.request
-    # The client as handlers/identity.py believes it, and never an API key.
-    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, without_api_key(request.uri),
+    # The client as handlers/identity.py believes it. The path only: a query
+    # string may hold an API key, in whatever spelling.
+    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.path,
                    logged_client(handler), 1000 * request.request_time())

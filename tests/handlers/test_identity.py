@@ -238,3 +238,19 @@ async def test_the_access_log_names_the_forwarded_client_and_never_the_key(ws_ur
     line = next(r.getMessage() for r in caplog.records if r.name == "tornado.access" and "/ws" in r.getMessage())
     assert line.startswith("101 GET /ws ") and "(198.18.7.7 via 127.0.0.1)" in line
     assert "k3y" not in caplog.text and "api_key" not in caplog.text
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_access_log_holds_paths_only_whatever_the_query_carries(http_client, base_url, caplog):
+    caplog.set_level(logging.INFO, logger="tornado.access")
+    secret = quote(KEY, safe="")
+    page = await http_client.fetch(f"{base_url}/?api_key={secret}&x=1")
+    assert page.code == 200 and page.headers["Referrer-Policy"] == "no-referrer"
+    disguised = await http_client.fetch(f"{base_url}/api/factorial?api%5Fkey={secret}", method="POST",
+                                        body='{"number": 5}', raise_error=False)
+    assert disguised.code == 401 and json.loads(disguised.body)["code"] == "unauthorized"
+    missing = await http_client.fetch(f"{base_url}/nothing?token={secret}", raise_error=False)
+    assert missing.code == 404 and missing.headers["Referrer-Policy"] == "no-referrer"
+    lines = [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
+    assert [line.split(" (")[0] for line in lines] == ["200 GET /", "401 POST /api/factorial", "404 GET /nothing"]
+    assert "k3y" not in caplog.text and "api" not in caplog.text.replace("/api/factorial", "")
