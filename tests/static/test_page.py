@@ -5,9 +5,11 @@ import os
 import re
 import shutil
 import time
+import urllib.request
 
 import pytest
 
+from jobs import keys
 from tests.conftest import ROOT, ServedApp, WorkerProcess
 from tests.helpers import wait_until
 
@@ -234,16 +236,126 @@ def test_the_readme_console_snippet_prints_what_it_promises(page, served_app, wo
     assert expected == "456574 digits: 28242294079603478742…"
 
 
-def test_a_page_opened_with_an_api_key_connects_with_it(page, redis_url, worker):
+def test_a_page_opened_with_an_api_key_connects_with_it_and_takes_it_off_the_address_bar(
+        browser, page, redis_url, worker):
     server = ServedApp(redis_url, api_keys="alice:s3cret/+key", api_keys_required="true").start()
     try:
-        page.goto(server.http_url + "/?api_key=s3cret%2F%2Bkey")
+        page.goto(server.http_url + "/?n=1&api_key=s3cret%2F%2Bkey#top")
         page.wait_for_selector('#connection[data-state="open"]')
+        # The key is gone from the address (and so from the history); the rest of it stays.
+        assert page.evaluate("location.href") == server.http_url + "/?n=1#top"
         submit(page, 6)
         job(page, 6).and_(page.locator('[data-state="done"]')).wait_for(timeout=15000)
         assert job(page, 6).locator(".result").inner_text() == "720"
-        # Without the key the same page cannot connect.
-        page.goto(server.http_url + "/")
-        page.wait_for_selector('#connection[data-state="closed"]', timeout=10000)  # refused with 401
+        # The tab keeps the key: a reload connects again without it in the address.
+        page.reload()
+        page.wait_for_selector('#connection[data-state="open"]')
+        # Another tab without the key cannot connect.
+        stranger = browser.new_context().new_page()
+        try:
+            stranger.goto(server.http_url + "/")
+            stranger.wait_for_selector('#connection[data-state="closed"]', timeout=10000)  # refused with 401
+        finally:
+            stranger.context.close()
     finally:
         server.stop()
+
+
+def lookup(server: ServedApp, task_id: str) -> dict:
+    """``GET /api/tasks/<task_id>``: what the HTTP API says about a task."""
+    with urllib.request.urlopen(f"{server.http_url}/api/tasks/{task_id}", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def rq_status(redis_client, task_id: str) -> bytes | None:
+    job_id = (redis_client.get(keys.task_job(task_id)) or task_id.encode()).decode()
+    return redis_client.hget(f"rq:job:{job_id}", "status")
+
+
+def test_cancel_stops_a_waiting_job_or_only_withdraws_this_page_when_another_waits(
+        browser, page, redis_url, redis_client):
+    # Soft jobs run; hard ones (n > 1000) wait, as no worker serves their queue.
+    server = ServedApp(redis_url).start()
+    worker = WorkerProcess(redis_url, queues=("soft",)).start()
+    other = browser.new_context().new_page()
+    try:
+        page.goto(server.http_url + "/")
+        page.wait_for_selector('#connection[data-state="open"]')
+        for number in (5, 3001, 3002):
+            submit(page, number)
+        done = job(page, 5).and_(page.locator('[data-state="done"]'))
+        done.wait_for(timeout=15000)
+        assert done.locator(".cancel").is_hidden()  # nothing left to cancel
+        # Another page waits for 3002! too.
+        other.goto(server.http_url + "/")
+        other.wait_for_selector('#connection[data-state="open"]')
+        submit(other, 3002)
+        job(other, 3002).and_(other.locator('[data-state="queued"]')).wait_for(timeout=10000)
+        for number in (3001, 3002):
+            job(page, number).and_(page.locator('[data-state="queued"]')).wait_for(timeout=10000)
+            assert job(page, number).locator(".cancel").is_visible()
+
+        alone = job(page, 3001)
+        alone.locator(".cancel").click()
+        alone.and_(page.locator('[data-state="cancelled"]')).wait_for(timeout=10000)
+        assert alone.locator(".state").inner_text() == "cancelled"
+        assert alone.locator(".cancel").is_hidden()
+        stopped = alone.get_attribute("data-task-id")
+        assert lookup(server, stopped)["code"] == "cancelled"
+        assert rq_status(redis_client, stopped) == b"canceled"
+
+        shared = job(page, 3002)
+        shared.locator(".cancel").click()
+        shared.and_(page.locator('[data-state="cancelled"]')).wait_for(timeout=10000)
+        assert shared.locator(".state").inner_text() == "cancelled (still computed for others)"
+        assert shared.locator(".cancel").is_hidden()
+        continues = shared.get_attribute("data-task-id")
+        assert lookup(server, continues) == {"type": "status", "task_id": continues, "status": "queued"}
+        assert job(other, 3002).get_attribute("data-state") == "queued"
+        assert job(other, 3002).locator(".cancel").is_visible()
+    finally:
+        other.context.close()
+        server.stop()
+        worker.stop()
+
+
+def test_a_reload_looks_the_waiting_jobs_up_again_by_task_id(page, redis_url):
+    sent = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(json.loads(payload))))
+    server = ServedApp(redis_url).start()
+    worker = None
+    try:
+        page.goto(server.http_url + "/")
+        page.wait_for_selector('#connection[data-state="open"]')
+        for number in (7, 3000):  # no worker yet: both stay queued
+            submit(page, number)
+        task_ids = {}
+        for number in (7, 3000):
+            entry = job(page, number).and_(page.locator('[data-state="queued"]'))
+            entry.wait_for(timeout=10000)
+            task_ids[number] = entry.get_attribute("data-task-id")
+        asked_before = len(sent)
+
+        page.reload()
+        page.wait_for_selector('#connection[data-state="open"]')
+        for number in (7, 3000):  # listed again, newest on top, and waiting
+            job(page, number).and_(page.locator('[data-state="queued"]')).wait_for(timeout=10000)
+        assert [n.inner_text() for n in page.locator(".job .n").all()] == ["3000!", "7!"]
+        again = sent[asked_before:]
+        assert sorted(m["task_id"] for m in again if m["type"] == "result") == sorted(task_ids.values())
+        assert not [m for m in again if m["type"] == "factorial"]
+
+        worker = WorkerProcess(redis_url).start()
+        for number in (7, 3000):
+            job(page, number).and_(page.locator('[data-state="done"]')).wait_for(timeout=30000)
+        assert job(page, 7).locator(".result").inner_text() == "5040"
+        assert job(page, 3000).locator(".digits").inner_text() == "9131 digits"
+        # Ended jobs are not kept: a reload after that looks nothing up.
+        asked_before = len(sent)
+        page.reload()
+        page.wait_for_selector('#connection[data-state="open"]')
+        assert page.locator(".job").count() == 0 and sent[asked_before:] == []
+    finally:
+        server.stop()
+        if worker:
+            worker.stop()
