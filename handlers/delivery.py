@@ -20,7 +20,7 @@ from typing import Hashable, Iterable, Protocol
 from tornado.ioloop import PeriodicCallback
 
 import protocol
-from jobs.client import OUTAGE_ERRORS, JobClient, spawn
+from jobs.client import OUTAGE_ERRORS, JobClient, RedisFull, spawn
 from jobs.janitor import RUN_EVERY_S
 from jobs.routing import SOFT
 from jobs.states import FINISHED, STARTED, Event, JobState
@@ -180,7 +180,7 @@ class ResultDelivery:
             if self._waiting and time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self.settings.sweep_interval_s
                 await self._sweep()
-        except OUTAGE_ERRORS:  # logged once per outage by the job client
+        except (*OUTAGE_ERRORS, RedisFull):  # logged once per outage (or full Redis) by the job client
             self._retry_at = time.monotonic() + RETRY_AFTER_S
         except Exception:  # noqa: BLE001 - a bug must not stop every delivery for good
             log.exception("Delivery tick failed; retrying in %.1f s", RETRY_AFTER_S)

@@ -16,6 +16,7 @@ from collections import defaultdict
 from typing import Awaitable, Callable, Container, Iterable, Protocol, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.outage import OutageLog
@@ -31,6 +32,22 @@ T = TypeVar("T")
 # Only these mean "Redis cannot be reached"; any other exception is a bug or a
 # misconfiguration, and is logged with its traceback instead of passing for an outage.
 OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError)
+
+# Redis 6 reports a write its script made past ``maxmemory`` inside a script error.
+_OOM_TEXT = "OOM command not allowed"
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether Redis refused a write for its ``maxmemory``: nothing it may evict was left (stack/redis.py).
+
+    Redis answers such a write with an ``OOM`` error (redis-py's
+    OutOfMemoryError); Redis 6 wraps one met by a script in a plain script error.
+    """
+    return isinstance(exc, OutOfMemoryError) or (isinstance(exc, ResponseError) and _OOM_TEXT in str(exc))
+
+
+class RedisFull(Exception):
+    """Raised by the job client's calls in place of Redis's refusal of a write at its ``maxmemory``."""
 
 # Background tasks, referenced until they end: the loop itself keeps only weak references.
 _background: set[asyncio.Task] = set()
@@ -64,6 +81,11 @@ def unavailable() -> ProtocolError:
     return ProtocolError(ErrorCode.UNAVAILABLE, "the job queue cannot be reached right now; please retry later")
 
 
+def redis_full() -> ProtocolError:
+    """``busy``: Redis is reachable but at its memory limit, with only queued work left (nothing it may evict)."""
+    return ProtocolError(ErrorCode.BUSY, "the job queue is full right now (its memory limit); please retry later")
+
+
 class ClientCountsSource(Protocol):
     """This process's per-client counts (handlers/limits.py ClientCounts)."""
 
@@ -91,6 +113,8 @@ class JobClient:
         # Every call to Redis goes through ``_call``, which tells this log: an
         # outage is logged once per process, however many callers it fails.
         self.outage = OutageLog(log)
+        # Writes Redis refuses at its maxmemory: logged once too, ended by a write that went through.
+        self.memory = OutageLog(log, down="refuses writes at its maxmemory", up="takes writes again")
         # Two threads: one batch of requests and one fetch of results may be under
         # way at once. Event reads block in Redis, so they get a thread of their own.
         self._executor = ThreadPoolExecutor(2, thread_name_prefix="redis")
@@ -164,7 +188,7 @@ class JobClient:
                 connections, self._connections = self._connections, []
                 admissions, counts = self._admissions(submits, lookups, connections)
                 try:
-                    answers, states, verdicts = await self.run(
+                    answers, states, verdicts, full = await self.run(
                         self._round_trip, counts, admissions,
                         [(n, c) for n, _, c in submits], [(t, c) for t, _, c in lookups],
                     )
@@ -183,6 +207,10 @@ class JobClient:
                     for _, future in connections:
                         _fail(future, unavailable())
                     continue
+                if full is not None:
+                    self.memory.failed(full)
+                elif submits or admissions:
+                    self.memory.succeeded()  # the submit or the limits' script wrote
                 refused = self._refusals(verdicts)
                 for client, future in connections:
                     _resolve(future, next(refused[(client, "connection")], None))
@@ -235,10 +263,24 @@ class JobClient:
         return admissions, counts
 
     def _round_trip(self, counts, admissions, submits, lookups):
-        """One thread call: the limits' verdicts, then the admitted requests' jobs and states."""
+        """One thread call: the limits' verdicts, then the admitted requests' jobs and states.
+
+        A Redis at its maxmemory (only queued work left, nothing to evict)
+        refuses writes: every submit then gets ``busy`` and lookups, which only
+        read, are still answered; the refusal is returned last (else None).
+        """
         verdicts: dict[tuple[str, str], Verdict] = {}
+        full = None
         if admissions is not None:
-            lapsed, found = self.quota.exchange(counts, admissions)
+            try:
+                lapsed, found = self.quota.exchange(counts, admissions)
+            except ResponseError as exc:
+                if not out_of_memory(exc):
+                    raise
+                # Nothing was counted: let everyone in, as in an outage, and
+                # write every count again once Redis takes writes.
+                full, lapsed, found = exc, False, []
+                self._sync_everyone = True
             if lapsed:
                 # Another server may have taken this one for dead and deleted
                 # its counts: write them all again, at once.
@@ -255,8 +297,16 @@ class JobClient:
 
         submitted = [(n, client or ANONYMOUS) for n, client in submits if admitted(client)]
         task_ids = [t for t, client in lookups if admitted(client)]
-        answers = self.store.submit([n for n, _ in submitted], [client for _, client in submitted])
-        return answers, self.store.states(task_ids), verdicts
+        if full is None:
+            try:
+                answers = self.store.submit([n for n, _ in submitted], [client for _, client in submitted])
+            except ResponseError as exc:
+                if not out_of_memory(exc):
+                    raise
+                full = exc  # the script wrote nothing: Redis refuses its first write
+        if full is not None:
+            answers = {number: redis_full() for number, _ in submitted}
+        return answers, self.store.states(task_ids), verdicts, full
 
     def _refusals(self, verdicts: dict[tuple[str, str], Verdict]):
         """For each (client, kind): an iterator giving None for each admitted one, then its refusal."""
@@ -299,6 +349,8 @@ class JobClient:
             outcome = await self.run(self.store.cancel, task_id, server_id, others_here)
         except OUTAGE_ERRORS:
             raise unavailable() from None
+        except RedisFull:
+            raise redis_full() from None
         if outcome == "unknown":
             raise unknown_task(task_id)
         return outcome
@@ -343,7 +395,9 @@ class JobClient:
             self._janitor.run_once()
         except OUTAGE_ERRORS:
             pass  # the delivery loop reports outages
-        except Exception:  # noqa: BLE001 - a bug here must not stop deliveries
+        except Exception as exc:  # noqa: BLE001 - a bug here must not stop deliveries
+            if out_of_memory(exc):
+                return  # a later round does the work, once Redis takes writes again
             log.exception("Orphan recovery failed")
             self.on_internal_error("janitor")
 
@@ -373,6 +427,11 @@ class JobClient:
         except OUTAGE_ERRORS as exc:
             self.outage.failed(exc)
             raise
+        except ResponseError as exc:
+            if not out_of_memory(exc):
+                raise
+            self.memory.failed(exc)
+            raise RedisFull(str(exc)) from exc
         self.outage.succeeded(began)
         return result
 

@@ -3,7 +3,9 @@
 Every call that fails during an outage would otherwise log a line: the
 delivery loop alone retries twice a second. ``OutageLog`` logs the outage once
 when it starts, again at doubling intervals (capped) while it lasts, with the
-count of failed calls, and once when it ends.
+count of failed calls, and once when it ends. The same log serves other
+lasting refusals, such as a Redis at its ``maxmemory`` refusing writes
+(``down`` and ``up`` name the state and its end).
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ MAX_REPEAT_S = 60.0
 
 class OutageLog:
     def __init__(self, log: logging.Logger, what: str = "Redis", first_repeat_s: float = FIRST_REPEAT_S,
-                 max_repeat_s: float = MAX_REPEAT_S, clock: Callable[[], float] = time.monotonic):
+                 max_repeat_s: float = MAX_REPEAT_S, clock: Callable[[], float] = time.monotonic,
+                 down: str = "unreachable", up: str = "reachable again"):
         self.log = log
         self.what = what
+        self.down_text = down
+        self.up_text = up
         self.first_repeat_s = first_repeat_s
         self.max_repeat_s = max_repeat_s
         self.clock = clock
@@ -32,7 +37,7 @@ class OutageLog:
         self._failures = 0
 
     def failed(self, exc: BaseException) -> None:
-        """A call could not reach Redis."""
+        """A call could not reach Redis (or met the refusal this log is about)."""
         now = self.clock()
         self._last_failure = now
         self._failures += 1
@@ -42,10 +47,10 @@ class OutageLog:
             self._failures = 1
             self._repeat_s = self.first_repeat_s
             self._next_log = now + self._repeat_s
-            self.log.warning("%s unreachable: %s", self.what, exc)
+            self.log.warning("%s %s: %s", self.what, self.down_text, exc)
         elif now >= self._next_log:
-            self.log.warning("%s still unreachable after %.0f s (calls failed: %d): %s",
-                             self.what, now - self._began, self._failures, exc)
+            self.log.warning("%s still %s after %.0f s (calls failed: %d): %s",
+                             self.what, self.down_text, now - self._began, self._failures, exc)
             self._repeat_s = min(2 * self._repeat_s, self.max_repeat_s)
             self._next_log = now + self._repeat_s
 
@@ -58,5 +63,5 @@ class OutageLog:
         if not self.down or (began is not None and began < self._last_failure):
             return
         self.down = False
-        self.log.warning("%s reachable again after %.1f s (calls failed: %d)",
-                         self.what, self.clock() - self._began, self._failures)
+        self.log.warning("%s %s after %.1f s (calls failed: %d)",
+                         self.what, self.up_text, self.clock() - self._began, self._failures)
