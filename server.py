@@ -23,11 +23,11 @@ from handlers.api import FactorialApiHandler, TaskApiHandler
 from handlers.context import ServiceContext
 from handlers.delivery import ResultDelivery
 from handlers.errors import NotFoundHandler, StaticFiles, log_request
+from handlers.front_door import FrontDoorServer
 from handlers.health import HealthHandler, MetricsHandler
 from handlers.identity import ClientIdentifier
 from handlers.limits import ClientCounts
 from handlers.metrics import Metrics
-from handlers.pacing import PacedHTTPServer
 from handlers.socket import FactorialSocket
 from jobs import connection
 from jobs.client import JobClient
@@ -88,6 +88,9 @@ def make_app(settings: Settings, context: ServiceContext | None = None) -> torna
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         websocket_max_message_size=settings.max_frame_bytes,
+        # A connection that answers no ping within the timeout is closed (handlers/socket.py).
+        websocket_ping_interval=settings.websocket_ping_interval_s,
+        websocket_ping_timeout=settings.websocket_ping_timeout_s,
     )
     app.context = context
     return app
@@ -112,10 +115,11 @@ async def serve(settings: Settings, slot: int = 0) -> None:
     """Serve until SIGTERM or SIGINT, then drain: see handlers/drain.py."""
     raise_open_file_limit()
     app = make_app(settings)
-    # A few new connections start per loop pass (handlers/pacing.py). No
-    # xheaders: Tornado would believe X-Forwarded-For and X-Real-IP from
+    # A few new connections start per loop pass (handlers/pacing.py), with
+    # limits on bodies, slow headers and connections (handlers/front_door.py).
+    # No xheaders: Tornado would believe X-Forwarded-For and X-Real-IP from
     # anyone; handlers/identity.py believes only TRUSTED_PROXIES.
-    server = PacedHTTPServer(app, ssl_options=ssl_context(settings))
+    server = FrontDoorServer(app, settings, ssl_options=ssl_context(settings))
     server.listen(
         settings.server_port,
         settings.server_host,

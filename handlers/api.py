@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import protocol
+from handlers import origins
 from handlers.context import ServiceContext
 from handlers.errors import JsonRequestHandler
 from jobs.states import MISSING, JobState
@@ -81,9 +82,17 @@ class _ApiHandler(JsonRequestHandler):
     def initialize(self, context: ServiceContext) -> None:
         self.context = context
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
+        """Refuse a cross-site browser request (handlers/origins.py), tell who this is, count its connection."""
+        origin = self.request.headers.get("Origin")
+        if origins.refused(self.request.method, origin, self.request.host, self.context.settings.allowed_origins):
+            text = f"a page at {origin} may not send {self.request.method} here (ALLOWED_ORIGINS)"
+            self.reply(403, protocol.error(ProtocolError(ErrorCode.BAD_REQUEST, text)))
+            return
         try:
             self.identity = self.context.identifier.identify(self.request)
+            if self.context.http_connections is not None:
+                await self.context.http_connections.admit(self.request.connection.stream, self.identity.client)
         except ProtocolError as err:
             self.reply_error(err)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from handlers.delivery import ResultDelivery
 from handlers.drain import Drain
@@ -11,6 +12,9 @@ from handlers.limits import ClientCounts
 from handlers.metrics import Metrics
 from settings import Settings
 from jobs.client import JobClient
+
+if TYPE_CHECKING:
+    from handlers.front_door import HttpConnections
 
 
 @dataclass
@@ -23,3 +27,6 @@ class ServiceContext:
     drain: Drain = field(default_factory=Drain)
     # This process's connections and requests in flight, per client (jobs/quota.py shares them).
     counts: ClientCounts = field(default_factory=lambda: ClientCounts(enabled=False))
+    # Open HTTP connections counted per client; set by the server that reports their closing
+    # (handlers/front_door.py), None (not counted) under any other.
+    http_connections: "HttpConnections | None" = None

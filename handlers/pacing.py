@@ -12,8 +12,8 @@ its first bytes arrive (a cheap callback, no parsing); connections that have
 something to say then queue, and at most ``STARTS_PER_PASS`` of them start
 being served per loop pass, in arrival order. A connection that sends nothing
 costs a watched socket, not a place in any queue, so slow or silent clients
-delay no one; after Tornado's own header timeout it is handed over anyway,
-and Tornado closes it. TLS connections are served at once: Tornado's stream
+delay no one; one still silent after Tornado's header timeout
+(``HEADER_TIMEOUT_S``) is closed. TLS connections are served at once: Tornado's stream
 already waits on their socket for the TLS handshake.
 """
 
@@ -44,7 +44,7 @@ class PacedHTTPServer(HTTPServer):
             return
         loop = IOLoop.current()
         fd = stream.socket.fileno()
-        timeout = loop.call_later(self.conn_params.header_timeout or 3600, self._has_spoken, fd)
+        timeout = loop.call_later(self.conn_params.header_timeout or 3600, self._silent_too_long, fd)
         self._watched[fd] = (stream, address, timeout)
         loop.add_handler(fd, lambda fd, events: self._has_spoken(fd), IOLoop.READ)
 
@@ -53,8 +53,15 @@ class PacedHTTPServer(HTTPServer):
         """Connections accepted but not served yet: silent ones, and those queued to start."""
         return len(self._watched) + len(self._ready)
 
+    def _silent_too_long(self, fd: int) -> None:
+        """Nothing arrived within the header timeout: close it (handing it over would start Tornado's anew)."""
+        watched = self._watched.pop(fd, None)
+        if watched is not None:
+            IOLoop.current().remove_handler(fd)
+            watched[0].close()
+
     def _has_spoken(self, fd: int) -> None:
-        """Its first bytes (or its close) arrived, or the header timeout passed: queue it to start."""
+        """Its first bytes (or its close) arrived: queue it to start."""
         watched = self._watched.pop(fd, None)
         if watched is None:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -17,7 +18,7 @@ from settings import Settings
 from stack import dashboard
 from stack.redis import server_command
 from tests.conftest import ROOT
-from tests.helpers import Client, free_port, wait_until
+from tests.helpers import Client, free_port, jobs_waiting, wait_until
 
 ALLOWED = "https://app.example.com"
 
@@ -57,6 +58,40 @@ async def test_handshakes_from_other_origins_are_refused_with_403(ws_url, origin
     with pytest.raises(HTTPClientError) as refused:
         await Client.connect(HTTPRequest(ws_url, headers={"Origin": origin}))
     assert refused.value.code == 403
+
+
+# --- origins of state-changing HTTP requests --------------------------------------
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("origin", ["https://evil.example.com", "null", "http://localhost:1", "own.evil.example"])
+async def test_cross_site_posts_and_deletes_are_refused_with_403_and_start_nothing(
+        http_client, base_url, redis_client, origin):
+    if origin == "own.evil.example":
+        origin = base_url + ".evil.example"
+    # What a form or fetch() of another site can send without a preflight.
+    post = await http_client.fetch(base_url + "/api/factorial", method="POST", body='{"number": 5}', raise_error=False,
+                                   headers={"Origin": origin, "Content-Type": "text/plain"})
+    assert post.code == 403 and post.headers["Content-Type"] == "application/json"
+    body = json.loads(post.body)
+    assert body["type"] == "error" and body["code"] == "bad_request" and "ALLOWED_ORIGINS" in body["result"]
+    assert jobs_waiting(redis_client, "soft") == 0 and not redis_client.keys("rq:job:*")
+
+    accepted = json.loads((await http_client.fetch(base_url + "/api/factorial", method="POST",
+                                                   body='{"number": 6}')).body)
+    cancel = await http_client.fetch(f"{base_url}/api/tasks/{accepted['task_id']}", method="DELETE",
+                                     headers={"Origin": origin}, raise_error=False)
+    assert cancel.code == 403 and json.loads(cancel.body)["code"] == "bad_request"
+    # A lookup changes nothing, and another site cannot read its answer (no CORS header).
+    lookup = await http_client.fetch(f"{base_url}/api/tasks/{accepted['task_id']}", headers={"Origin": origin})
+    assert json.loads(lookup.body)["type"] == "status" and "Access-Control-Allow-Origin" not in lookup.headers
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("origin", [None, "own", ALLOWED, "https://APP.example.com/"])
+async def test_posts_from_the_own_and_allowed_origins_or_without_origin_are_served(http_client, base_url, origin):
+    headers = {} if origin is None else {"Origin": base_url if origin == "own" else origin}
+    post = await http_client.fetch(base_url + "/api/factorial", method="POST", body='{"number": 5}', headers=headers)
+    assert post.code == 202 and json.loads(post.body)["type"] == "result"
 
 
 # --- TLS ----------------------------------------------------------------------------
