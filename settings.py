@@ -163,6 +163,9 @@ class Settings:
         object.__setattr__(self, "allowed_origins", tuple(o.rstrip("/") for o in self.allowed_origins))
         if bool(self.tls_certfile) != bool(self.tls_keyfile):
             raise SettingsError("TLS_CERTFILE and TLS_KEYFILE must be set together")
+        if not MEMORY_SIZE.fullmatch(self.redis_maxmemory.strip().lower()):
+            raise SettingsError(f"REDIS_MAXMEMORY={self.redis_maxmemory!r} is not a size (4gb, 512mb, bytes) "
+                                "or a share of the host's memory (25%)")
         if self.event_loop not in EVENT_LOOPS:
             raise SettingsError(f"EVENT_LOOP={self.event_loop!r} is not one of {', '.join(EVENT_LOOPS)}")
 
@@ -185,9 +188,6 @@ class Settings:
 def _convert(name: str, raw: str, kind: str):
     text = raw.strip()
     try:
-        if not MEMORY_SIZE.fullmatch(self.redis_maxmemory.strip().lower()):
-            raise SettingsError(f"REDIS_MAXMEMORY={self.redis_maxmemory!r} is not a size (4gb, 512mb, bytes) "
-                                "or a share of the host's memory (25%)")
         if kind == "int":
             value = int(text)
             if value < 0:
