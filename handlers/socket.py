@@ -14,6 +14,7 @@ from handlers import origins
 from handlers.context import ServiceContext
 from handlers.errors import http_error
 from handlers.drain import SERVICE_RESTART, SERVICE_RESTART_TEXT
+from handlers.redis_watch import RedisWatch
 from handlers.limits import RequestBudget
 from jobs.states import MISSING, JobState
 from protocol import CancelRequest, ErrorCode, FactorialRequest, ProtocolError, Request, ResultRequest
@@ -25,15 +26,18 @@ PING_TIMED_OUT = "ping timed out"
 
 
 class FactorialSocket(WebSocketHandler):
-    def initialize(self, context: ServiceContext) -> None:
+    def initialize(self, context: ServiceContext, watch: RedisWatch) -> None:
         self.context = context
+        # Answers "unavailable" when Redis is silent, and closes with 1013 when it stays so.
+        self.watch = watch
         # Answers leave in the order their requests arrived (protocol:
         # Transport), even when a later one is ready first.
         self._answers: deque[tuple[Request | None, asyncio.Future, float]] = deque()
         self._budget = RequestBudget(context.settings)
         # Metrics: when this connection first asked for each job it waits for.
         self._asked_at: dict[str, float] = {}
-        self._closing_when_answered = False
+        # The close code and reason to send once every request is answered (drain: 1012, Redis lost: 1013).
+        self._closing_when_answered: tuple[int, str] | None = None
 
     async def prepare(self) -> None:
         """Tell who this is before the handshake, and count the connection for its client.
@@ -108,9 +112,11 @@ class FactorialSocket(WebSocketHandler):
         self.set_nodelay(True)
         self.context.metrics.connection_opened()
         self.context.drain.opened(self)
+        self.watch.opened(self)
 
     def on_close(self) -> None:
         self.context.drain.closed(self)
+        self.watch.closed(self)
         self.context.delivery.forget(self)
         self.context.counts.leave(self)
         self.context.metrics.connection_closed()
@@ -157,7 +163,9 @@ class FactorialSocket(WebSocketHandler):
     # --- answering in order ---------------------------------------------------
 
     def _queue_answer(self, request: Request | None, answer: asyncio.Future) -> None:
-        self._answers.append((request, answer, time.monotonic()))
+        asked_at = time.monotonic()
+        answer = self.watch.bounded(answer, asked_at)
+        self._answers.append((request, answer, asked_at))
         answer.add_done_callback(lambda _: self._send_ready_answers())
 
     def _send_ready_answers(self) -> None:
@@ -172,13 +180,14 @@ class FactorialSocket(WebSocketHandler):
                 self.send(protocol.error(ProtocolError(ErrorCode.JOB_FAILED, "internal error", ref=request.ref)))
         self.context.counts.changed(self.client)
         if self._closing_when_answered and not self._answers:
-            self.close(SERVICE_RESTART, SERVICE_RESTART_TEXT)
+            self.close(*self._closing_when_answered)
 
-    def close_when_answered(self) -> None:
-        """Close with 1012 (the server restarts) once every frame received so far is answered."""
-        self._closing_when_answered = True
+    def close_when_answered(self, code: int = SERVICE_RESTART, reason: str = SERVICE_RESTART_TEXT) -> None:
+        """Close with ``code`` (1012 by default: the server restarts) once every frame received so far is answered."""
+        if self._closing_when_answered is None:  # the first reason given stands
+            self._closing_when_answered = (code, reason)
         if not self._answers:
-            self.close(SERVICE_RESTART, SERVICE_RESTART_TEXT)
+            self.close(*self._closing_when_answered)
 
     def _answer(self, request: Request, state: JobState, asked_at: float) -> None:
         ref = request.ref
