@@ -28,6 +28,7 @@ from handlers.health import HealthHandler, MetricsHandler
 from handlers.identity import ClientIdentifier
 from handlers.limits import ClientCounts
 from handlers.metrics import Metrics
+from handlers.redis_watch import RedisWatch
 from handlers.socket import FactorialSocket
 from jobs import connection
 from jobs.client import JobClient
@@ -73,14 +74,16 @@ def make_context(settings: Settings) -> ServiceContext:
 def make_app(settings: Settings, context: ServiceContext | None = None) -> tornado.web.Application:
     """The application; call ``app.context.delivery.start()`` on the IOLoop that serves it."""
     context = context or make_context(settings)
+    # Whether this process reaches Redis: fails requests fast, closes WebSockets with 1013, answers /healthz.
+    watch = RedisWatch(settings)
     app = tornado.web.Application(
         [
-            (r"/ws", FactorialSocket, {"context": context}),
+            (r"/ws", FactorialSocket, {"context": context, "watch": watch}),
             (r"/()", StaticFiles, {"path": STATIC_PATH, "default_filename": "index.html"}),
             (r"/api/factorial", FactorialApiHandler, {"context": context}),
             # Any id, even an empty one or one with a slash, is a task id: unknown_task_id, as on /ws.
             (r"/api/tasks/(.*)", TaskApiHandler, {"context": context}),
-            (r"/healthz", HealthHandler, {"context": context}),
+            (r"/healthz", HealthHandler, {"context": context, "watch": watch}),
             (r"/metrics", MetricsHandler, {"context": context}),
         ],
         static_path=STATIC_PATH,  # also serves /favicon.ico from static/
@@ -93,6 +96,7 @@ def make_app(settings: Settings, context: ServiceContext | None = None) -> torna
         websocket_ping_timeout=settings.websocket_ping_timeout_s,
     )
     app.context = context
+    app.redis_watch = watch
     return app
 
 
@@ -148,6 +152,7 @@ async def serve(settings: Settings, slot: int = 0) -> None:
     except asyncio.TimeoutError:
         left += 1
     await app.context.delivery.close()
+    app.redis_watch.stop()
     await loop.run_in_executor(None, app.context.jobs.close)
     log.info("Drained%s", f" ({left} connections did not close in time)" if left else "")
 

@@ -54,6 +54,12 @@ class Settings:
     web_processes: int = 0
     # On SIGTERM, how long to wait for open connections to close before exiting.
     drain_timeout_s: float = 5.0
+    # Redis not answering (handlers/redis_watch.py): a request gets
+    # "unavailable" after this long without an answer from Redis, and a
+    # WebSocket that spent redis_lost_close_s so is closed with 1013, so its
+    # client goes to a server that reaches Redis.
+    redis_unavailable_s: float = 1.0
+    redis_lost_close_s: float = 3.0
 
     max_number: int = 1_000_000
     # number <= soft_max_number goes to the soft queue, anything larger to hard.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -11,10 +12,14 @@ from rq import Worker
 
 from handlers.context import ServiceContext
 from handlers.errors import JsonRequestHandler
+from handlers.redis_watch import RedisWatch
 from jobs.client import OUTAGE_ERRORS
 from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
+
+# /healthz answers within this whatever Redis does: HAProxy's check gives up after 1 s (deploy/haproxy.cfg).
+HEALTH_BUDGET_S = 0.8
 
 
 def read_health(store: JobStore) -> dict:
@@ -44,17 +49,30 @@ def read_queue_lengths(store: JobStore) -> dict[str, int]:
 class HealthHandler(JsonRequestHandler):
     """200 when Redis answers and every queue has a worker, else 503: a load balancer's probe."""
 
-    def initialize(self, context: ServiceContext) -> None:
+    def initialize(self, context: ServiceContext, watch: RedisWatch) -> None:
         self.context = context
+        self.watch = watch
 
     async def get(self) -> None:
-        health = await self.context.jobs.run(read_health, self.context.jobs.store)
+        health = await self._read()
         healthy = health["redis"] and all(q["workers"] >= 1 for q in health["queues"].values())
         health["ok"] = bool(healthy)
         self.set_status(200 if healthy else 503)
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-cache")
         self.finish(json.dumps(health))
+
+    async def _read(self) -> dict:
+        """Redis and the queues, on the watch's own thread, never longer than HEALTH_BUDGET_S."""
+        silent_s = self.watch.silent_for()
+        if silent_s >= self.context.settings.redis_unavailable_s:
+            return {"redis": False, "error": f"Redis has not answered for {silent_s:.1f} s", "queues": {}}
+        try:
+            # What is left of the budget after prepare().
+            within_s = max(HEALTH_BUDGET_S - self.request.request_time(), 0.1)
+            return await self.watch.read(read_health, self.context.jobs.store, within_s=within_s)
+        except asyncio.TimeoutError:
+            return {"redis": False, "error": f"Redis did not answer within {HEALTH_BUDGET_S} s", "queues": {}}
 
 
 class MetricsHandler(JsonRequestHandler):

@@ -7,7 +7,7 @@ connects through ``SENTINEL`` (RQ's own Sentinel support), otherwise through
 
 from __future__ import annotations
 
-from jobs.connection import KEEPALIVE, client_options, sentinel_addresses, sentinel_options, url_with_ca
+from jobs.connection import client_options, primary_options, sentinel_addresses, sentinel_options, url_with_ca
 from settings import Settings
 
 _settings = Settings.from_env()
@@ -22,10 +22,10 @@ if _settings.redis_sentinels:
         "PASSWORD": _client.pop("password", None),
         "SSL": _client.pop("ssl", False),
         "SENTINEL_KWARGS": sentinel_options(_settings),
-        # What is left (the CA file, URL query options), and keepalive probes:
-        # RQ's blocking dequeue has a socket timeout of minutes, too long
-        # to notice a primary whose host is cut off.
-        "CONNECTION_KWARGS": {**_client, **KEEPALIVE},
+        # What is left (the CA file, URL query options), keepalive probes
+        # (RQ's blocking dequeue has a socket timeout of minutes, too long
+        # to notice a primary whose host is cut off) and the retry policy.
+        "CONNECTION_KWARGS": {**_client, **primary_options()},
     }
 else:
     REDIS_URL = url_with_ca(_settings)
