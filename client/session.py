@@ -38,7 +38,7 @@ RECONNECT_MIN_S = 0.25
 RECONNECT_MAX_S = 8.0
 # After a stop signal, how long to wait for the cancels' answers, seconds:
 # the client has exited within 2 s of the signal.
-CANCEL_WAIT_S = 1.5
+CANCEL_WAIT_S = 1.2
 TIMED_OUT = "timeout"  # Job.missing when the deadline passed
 # Job.cancel once the server answered a cancel: what became of the job (protocol: "cancelled").
 CANCEL_OUTCOMES = {"stopped": "job stopped", "continues": "still computed for others", "ended": "had already ended"}
