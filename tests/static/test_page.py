@@ -319,6 +319,38 @@ def test_cancel_stops_a_waiting_job_or_only_withdraws_this_page_when_another_wai
         worker.stop()
 
 
+def test_cancelling_a_job_that_ended_meanwhile_shows_its_result(page, redis_url, redis_client):
+    sent = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(json.loads(payload))))
+    server = ServedApp(redis_url).start()
+    worker = None
+    try:
+        page.goto(server.http_url + "/")
+        page.wait_for_selector('#connection[data-state="open"]')
+        submit(page, 3000)  # no worker yet: it stays queued
+        entry = job(page, 3000).and_(page.locator('[data-state="queued"]'))
+        entry.wait_for(timeout=10000)
+        task_id = entry.get_attribute("data-task-id")
+        # While the page is cut off from the server, the job ends; then Cancel is pressed.
+        server.stop()
+        page.wait_for_selector('#connection[data-state="closed"]')
+        worker = WorkerProcess(redis_url, queues=("hard",)).start()
+        wait_until(lambda: rq_status(redis_client, task_id) == b"finished", timeout=30, what="3000! to end")
+        job(page, 3000).locator(".cancel").click()
+        assert job(page, 3000).get_attribute("data-state") == "cancelling"
+        assert job(page, 3000).locator(".cancel").is_hidden()
+
+        server = ServedApp(redis_url, port=server.port).start()  # the cancel goes on reconnect: "ended"
+        job(page, 3000).and_(page.locator('[data-state="done"]')).wait_for(timeout=30000)
+        assert job(page, 3000).locator(".digits").inner_text() == "9131 digits"
+        about_it = [m["type"] for m in sent if m.get("task_id") == task_id]
+        assert about_it[-2:] == ["cancel", "result"], about_it
+    finally:
+        server.stop()
+        if worker:
+            worker.stop()
+
+
 def test_a_reload_looks_the_waiting_jobs_up_again_by_task_id(page, redis_url):
     sent = []
     page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(json.loads(payload))))
