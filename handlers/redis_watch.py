@@ -11,7 +11,11 @@ round trips, nor on a busy IOLoop. From the time of the last answer:
 - a WebSocket that has been open for ``REDIS_LOST_CLOSE_S`` without Redis
   answering is closed with 1013 ("try again later") once its requests are
   answered: behind a balancer its client reconnects to a server that reaches
-  Redis and asks for its jobs by ``task_id``;
+  Redis and asks for its jobs by ``task_id``. One that opens after that gets
+  ``REDIS_UNAVAILABLE_S`` only: a balancer that has not yet taken this server
+  out (leastconn sends the reconnecting clients to the server they just
+  left, now the emptiest) must not hold them here for long, and a client
+  with nowhere else to go still reconnects at most once a second;
 - ``/healthz`` says at once that Redis is not reached (handlers/health.py).
 
 The thread runs while the server has WebSockets open or is asked for its
@@ -109,7 +113,12 @@ class RedisWatch:
     # --- WebSockets -------------------------------------------------------------
 
     def opened(self, socket: Closable) -> None:
-        self._sockets[socket] = self.clock()
+        now = self.clock()
+        lost_close_s = self.settings.redis_lost_close_s
+        if now - self.last_reached >= lost_close_s:
+            # Counted as open that long already, less REDIS_UNAVAILABLE_S (see the module's doc).
+            now -= lost_close_s - min(self.settings.redis_unavailable_s, lost_close_s)
+        self._sockets[socket] = now
         self._keep_probing()
         if self._checker is None:
             self._checker = PeriodicCallback(self._check_sockets, CHECK_INTERVAL_S * 1000)

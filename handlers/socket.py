@@ -54,7 +54,8 @@ class FactorialSocket(WebSocketHandler):
         self.client = self.identity.client
         self.context.counts.join(self.client, self)
         try:
-            await self.context.jobs.admit_connection(self.client)
+            # Bounded: a silent Redis must not hold the handshake for a socket timeout.
+            await self.watch.bounded(self.context.jobs.admit_connection(self.client), time.monotonic())
         except ProtocolError as err:
             if err.code == ErrorCode.RATE_LIMITED:
                 self.context.counts.leave(self)

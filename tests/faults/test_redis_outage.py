@@ -37,7 +37,9 @@ def redis_server(tmp_path):
 
 @pytest.fixture
 def settings(redis_url):
-    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2, max_number=RUNNING)
+    # The clients here ride the outage out on their connections: no 1013 handover (handlers/redis_watch.py).
+    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2, max_number=RUNNING,
+                    redis_lost_close_s=60)
 
 
 @pytest.fixture
