@@ -86,9 +86,6 @@ class HttpConnections:
         self.jobs = jobs
         self._members: dict[IOStream, HttpConnection] = {}
 
-    def __len__(self) -> int:
-        return len(self._members)
-
     async def admit(self, stream: IOStream, client: str) -> None:
         """Count ``stream`` for ``client``; raises ``rate_limited`` when that is one connection too many."""
         if not self.counts.enabled:
