@@ -70,6 +70,10 @@ class Settings:
     hard_timeout_s: int = 60
     result_ttl_s: int = 3600
     failure_ttl_s: int = 3600
+    # Runs a job gets in all when its worker is lost to a fault outside the job
+    # (killed, paused past its lease, cut off from Redis); after the last one
+    # it fails with job_failed (jobs/lifecycle.py).
+    job_max_attempts: int = 3
 
     max_frame_bytes: int = 64 * 1024
     # Longest the delivery loop waits inside Redis for a job to end before it
@@ -88,6 +92,10 @@ class Settings:
     client_max_connections: int = 100
     client_max_in_flight: int = 500
     client_max_requests_per_s: int = 200
+    # Bytes written to one connection that its socket has not taken yet; past
+    # it the connection is closed with 1008 (a client that does not read).
+    # 0 means no limit.
+    client_max_unsent_bytes: int = 64 * 1024 * 1024
     # A server that dies without closing: its clients' counts outlive it this long.
     client_lease_s: float = 10.0
     # Fair scheduling: RQ jobs kept in each queue per worker serving it; the
@@ -134,6 +142,8 @@ class Settings:
             raise SettingsError(
                 f"SOFT_MAX_NUMBER={self.soft_max_number} must lie between 0 and MAX_NUMBER={self.max_number}"
             )
+        if self.job_max_attempts < 1:
+            raise SettingsError(f"JOB_MAX_ATTEMPTS={self.job_max_attempts} must be at least 1")
         if self.queued_jobs_per_worker < 1:
             raise SettingsError(f"QUEUED_JOBS_PER_WORKER={self.queued_jobs_per_worker} must be at least 1")
         if self.soft_batch_size < 1:

@@ -1,18 +1,19 @@
 """Job events on a Redis stream, so servers learn of a job's end without polling it.
 
-The worker appends an event when a job starts, finishes or fails; every server
-reads the stream once per delivery tick. Events are hints: a work horse killed
-with SIGKILL sends none, and the servers' periodic sweep finds those ends.
+An event is appended in the same Lua step as the transition it announces
+(jobs/lua/lifecycle.lua): a job's start (hard jobs), its end. Every server
+reads the stream once per delivery tick. Events are hints: the servers'
+periodic sweep of the jobs they wait for finds any end they missed.
 """
 
 from __future__ import annotations
 
+from rq.defaults import DEFAULT_FAILURE_TTL
 from rq.timeouts import JobTimeoutException
 
-from jobs import keys
-from jobs.states import FAILED, FINISHED, STARTED  # noqa: F401 - the event names
+from jobs import keys, lifecycle
+from jobs.lifecycle import INLINE_PREFIX
 from protocol import ErrorCode, FIXED_TEXTS
-
 
 
 BATCH_JOB = "jobs.factorial.factorial_batch"
@@ -55,41 +56,6 @@ def task_ids_of(job) -> list[str]:
     return [job.id]
 
 
-def publish(connection, job, state: str, code: str = "", text: str = "") -> None:
-    """Append ``job``'s event, one entry naming each of its tasks, in one round trip."""
-    pipe = connection.pipeline(transaction=False)
-    append(pipe, task_ids_of(job), state, code, text)
-    pipe.execute()
-
-
-def append(pipe, task_ids: list[str], state: str, code: str = "", text: str = "",
-           payloads: dict[str, bytes] | None = None) -> None:
-    """Queue on ``pipe`` the event of a job whose tasks are ``task_ids``.
-
-    One entry per job, not per task: a batch of 50 costs the stream, and
-    every server reading it, one entry. Small success messages (``payloads``)
-    travel in the entry too, up to INLINE_PAYLOAD_BYTES each and
-    INLINE_ENTRY_BYTES in all, so a server delivers them without another
-    round trip; the stored message (keys.payload) stays the reference.
-    """
-    fields: dict[str, str | bytes] = {"ids": ",".join(task_ids), "state": state}
-    if code:
-        fields["code"] = code
-        fields["text"] = text
-    room = INLINE_ENTRY_BYTES
-    for task_id, payload in (payloads or {}).items():
-        if len(payload) <= min(INLINE_PAYLOAD_BYTES, room):
-            fields[INLINE_PREFIX + task_id] = payload
-            room -= len(payload)
-    pipe.xadd(keys.EVENTS_STREAM, fields, maxlen=keys.EVENTS_MAXLEN, approximate=True)
-
-
-# A success message this small travels in its job's event (``append``).
-INLINE_PAYLOAD_BYTES = 512
-INLINE_ENTRY_BYTES = 4096
-INLINE_PREFIX = "payload:"
-
-
 def task_ids_in(fields: dict) -> list[str]:
     """The tasks an event entry names (``ids``; a single ``id`` is read too)."""
     raw = fields.get(b"ids") or fields.get(b"id") or b""
@@ -109,26 +75,12 @@ def describe_failure(exc_type, exc_value) -> tuple[ErrorCode, str]:
     return ErrorCode.JOB_FAILED, f"the job failed: {name}: {exc_value}"
 
 
-def describe_failure_text(exc_string: str) -> tuple[ErrorCode, str]:
-    """Like ``describe_failure``, from the traceback text RQ stores for a failed job."""
-    if "JobTimeoutException" in (exc_string or ""):
-        return ErrorCode.TIMEOUT, FIXED_TEXTS[ErrorCode.TIMEOUT]
-    lines = [line.strip() for line in (exc_string or "").strip().splitlines() if line.strip()]
-    reason = lines[-1] if lines else "unknown reason"
-    return ErrorCode.JOB_FAILED, f"the job failed: {reason[:300]}"
-
-
-def on_success(job, connection, result, *args, **kwargs) -> None:
-    """RQ success callback, for jobs enqueued with it.
-
-    The job functions (jobs/factorial.py) publish their own end, in the round
-    trip that stores their results, so new jobs are enqueued without it; a
-    job that has both publishes its end twice, and the second is ignored.
-    """
-    publish(connection, job, FINISHED)
-
-
 def on_failure(job, connection, exc_type, exc_value, traceback, *args, **kwargs) -> None:
-    """RQ failure callback."""
+    """RQ failure callback: the job raised (or ran past its time limit in-process).
+
+    Ends the job under the run executing it (jobs/lifecycle.py); a run that no
+    longer owns the job changes nothing.
+    """
     code, text = describe_failure(exc_type, exc_value)
-    publish(connection, job, FAILED, code.value, text)
+    lifecycle.of(connection).fail(job.id, lifecycle.current_run(job.id), task_ids_of(job), code.value, text,
+                                  job.failure_ttl or DEFAULT_FAILURE_TTL)

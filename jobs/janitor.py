@@ -7,10 +7,11 @@ off its queue. Such a job is:
   (``rq:queue:NAME:intermediate``) and not started, or registered as started by
   a worker whose work horse never marked it so. It goes back to the front of
   its queue: computing a factorial again is safe.
-- *started*: RQ fails it as it fails an abandoned job (``record_job_failure``),
-  and its end goes on the event stream, so its waiting clients get
-  ``job_failed`` ("the worker running it stopped responding") and a new
-  request for the same number starts a new job.
+- *started*: its run is lost (jobs/lifecycle.py ``run_lost``): the job goes
+  back to the front of its queue and runs again, its clients hearing nothing,
+  up to ``JOB_MAX_ATTEMPTS`` runs; after the last it fails saying how its
+  runs ended. A lost run that comes back (a paused worker resumed) no longer
+  owns the job, and its end changes nothing.
 
 Liveness comes from TTLs that Redis expires by its own clock, never from
 comparing timestamps written by different hosts: ``jobs.liveness.Heartbeat``
@@ -42,12 +43,11 @@ from dataclasses import dataclass, field
 from redis import Redis
 from rq import Queue
 from rq.executions import Execution
-from rq.job import Job
-from rq.job_lifecycle import record_job_failure
-from rq.exceptions import NoSuchJobError
 
-from jobs import events, keys
-from jobs.routing import QUEUES
+from jobs import events, keys, lifecycle
+from jobs.lifecycle import RunLost
+from jobs.routing import QUEUES, SOFT
+from settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -64,42 +64,8 @@ RUN_EVERY_S = 1.0
 SLOW_ROUND_TRIP_S = 1.0
 MAX_GAP_S = 3 * RUN_EVERY_S
 TRUST_AFTER_S = ALIVE_TTL_S + 2 * BEAT_S
-# A job put back this many times is failed instead, so no job loops for ever.
-MAX_REQUEUES = 3
-REQUEUE_COUNT_TTL_S = 24 * 3600
 
-WORKER_LOST_REASON = "the worker running it stopped responding"
-REQUEUES_EXHAUSTED_REASON = f"its worker was lost {MAX_REQUEUES} times before it could finish"
-
-# Claims a job by removing it from the intermediate list and (if given) the
-# started registry, and puts it back at the front of its queue when it had not
-# started. With ARGV[3] == "1" the caller is the worker holding the job (it
-# knows the job did not finish): it claims the job even if it is in no list
-# (RQ's BLPOP takes a job into none) and requeues it even if started.
-# Returns false when nothing was claimed (someone else did), "requeued",
-# "exhausted" (put back too often), "" (no such job), or the job's status.
-# KEYS: started registry, intermediate list, queue, job hash, requeue counter.
-# ARGV: job id, registry entry ("" for none), own job, max requeues, counter TTL.
-_PUT_BACK = """
-local taken = redis.call('lrem', KEYS[2], 0, ARGV[1])
-if ARGV[2] ~= '' then taken = taken + redis.call('zrem', KEYS[1], ARGV[2]) end
-if taken == 0 then
-  if ARGV[3] ~= '1' then return false end
-  -- Its own worker claims it: already back in its queue (a janitor was first)?
-  if redis.call('lpos', KEYS[3], ARGV[1]) then return 'queued' end
-end
-local status = redis.call('hget', KEYS[4], 'status')
-if not status then return '' end
-if status == 'queued' or (status == 'started' and ARGV[3] == '1') then
-  local count = redis.call('incr', KEYS[5])
-  redis.call('expire', KEYS[5], tonumber(ARGV[5]))
-  if count > tonumber(ARGV[4]) then return 'exhausted' end
-  redis.call('hset', KEYS[4], 'status', 'queued')
-  redis.call('lpush', KEYS[3], ARGV[1])
-  return 'requeued'
-end
-return status
-"""
+WORKER_LOST = "its worker stopped responding"
 
 
 @dataclass
@@ -111,11 +77,12 @@ class Recovery:
 class Janitor:
     """One process's share of orphan recovery; ``run_once`` raises Redis's connection errors."""
 
-    def __init__(self, redis: Redis, queue_names=QUEUES):
+    def __init__(self, redis: Redis, queue_names=QUEUES, settings: Settings | None = None):
         # ``redis`` must not decode responses (RQ's job hashes hold pickles).
         self.redis = redis
+        self.settings = settings or Settings.from_env()
         self.queues = [Queue(name, connection=redis) for name in queue_names]
-        self._put_back = redis.register_script(_PUT_BACK)
+        self.lifecycle = lifecycle.of(redis)
         self._token = uuid.uuid4().hex
         self._contact_since: float | None = None
         self._last_contact: float | None = None
@@ -209,42 +176,25 @@ class Janitor:
                 self.redis.delete(keys.unstarted(job_id))
 
     def _claim(self, queue: Queue, job_id: str, entry: str, recovery: Recovery) -> None:
-        outcome = put_back(self.redis, queue, job_id, entry, own=False, script=self._put_back)
-        if outcome == "requeued":
-            log.warning("Job %s was taken off %s by a worker that stopped responding before starting it; "
-                        "requeued", job_id, queue.name)
+        if not entry:
+            if self.lifecycle.put_back_unstarted(job_id, queue.name):
+                log.warning("Job %s was taken off %s by a worker that stopped responding before starting it; "
+                            "requeued", job_id, queue.name)
+                recovery.requeued.append(job_id)
+            return
+        execution = Execution.from_composite_key(entry, self.redis)
+        task_ids = _task_ids(self.redis, job_id) if queue.name == SOFT else [job_id]
+        outcome = self.lifecycle.run_lost(job_id, execution.id, queue.name, WORKER_LOST, task_ids,
+                                          self.settings.job_max_attempts, self.settings.failure_ttl_s, entry=entry)
+        if outcome == RunLost.REQUEUED:
+            log.warning("Job %s on %s: %s; requeued to run again", job_id, queue.name, WORKER_LOST)
             recovery.requeued.append(job_id)
-        elif outcome in ("started", "exhausted"):
-            reason = WORKER_LOST_REASON if outcome == "started" else REQUEUES_EXHAUSTED_REASON
-            log.warning("Job %s on %s: %s; failing it", job_id, queue.name, reason)
-            fail(self.redis, job_id, reason)
+        elif outcome == RunLost.FAILED:
+            log.warning("Job %s on %s: %s on its last allowed run; failed", job_id, queue.name, WORKER_LOST)
             recovery.failed.append(job_id)
 
 
-def put_back(redis: Redis, queue: Queue, job_id: str, entry: str = "", own: bool = False,
-             script=None) -> str | None:
-    """Claim ``job_id`` off ``queue``'s intermediate list and started registry (``entry``), and
-    requeue it at the front if it had not started; ``own``: the caller is the worker that holds it
-    and knows it did not finish. Returns what was done: "requeued", "exhausted" (put back too
-    often: fail it), the job's status when it was left alone (e.g. "started", "finished"), ""
-    for a job that no longer exists, None when nothing was claimed."""
-    script = script or redis.register_script(_PUT_BACK)
-    outcome = script(
-        keys=[queue.started_job_registry.key, queue.intermediate_queue_key, queue.key, Job.key_for(job_id),
-              keys.requeues(job_id)],
-        args=[job_id, entry, "1" if own else "0", MAX_REQUEUES, REQUEUE_COUNT_TTL_S],
-    )
-    return outcome.decode() if isinstance(outcome, bytes) else outcome
-
-
-def fail(redis: Redis, job_id: str, reason: str) -> None:
-    """Fail a job nobody runs any more, as RQ fails an abandoned one, and tell the servers."""
-    try:
-        job = Job.fetch(job_id, connection=redis)
-    except NoSuchJobError:
-        return
-    pipe = redis.pipeline()
-    record_job_failure(job, reason, pipe)
-    pipe.execute()
-    code, text = events.describe_failure_text(reason)
-    events.publish(redis, job, events.FAILED, code.value, text)
+def _task_ids(redis: Redis, job_id: str) -> list[str]:
+    """The tasks of a soft job: a batch's members, or the job itself."""
+    numbers, task_ids = events.batch_members(redis, job_id)
+    return task_ids or [job_id]

@@ -15,13 +15,13 @@ from redis import Redis
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Callback, Queue
-from rq.command import send_stop_job_command
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.command import send_command
 from rq.job import Job, JobStatus
 from rq.utils import now as rq_now
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from jobs import events, keys, scripts
+from jobs import events, keys, rq_schema, scripts
+from jobs.lifecycle import FIELDS, State
 from jobs.states import FAILED, FINISHED, MISSING, QUEUED, STARTED, Event, JobState
 from jobs.routing import QUEUES, SOFT, queue_for, timeout_for
 from protocol import ErrorCode, ProtocolError
@@ -35,10 +35,11 @@ ON_FAILURE = Callback("jobs.events.on_failure")
 # stale entry is harmless, since the job's own state is checked before reuse.
 INDEX_SLACK_S = 24 * 3600
 
-_JOB_FIELDS = ("status", "origin")
+# What a lookup reads of a job's hash: its state (jobs/lifecycle.py), queue, and a failure's answer.
+_JOB_FIELDS = (FIELDS["state"], rq_schema.ORIGIN_FIELD, FIELDS["code"], FIELDS["text"])
 
-# RQ states that mean "not running yet" to a client.
-_WAITING_STATES = {"queued", "deferred", "scheduled", "created"}
+# Lifecycle states that mean "not running yet" to a client.
+_WAITING_STATES = {State.PENDING.value, State.QUEUED.value}
 
 
 class NotReplicated(RedisTimeoutError):
@@ -59,9 +60,9 @@ class JobStore:
         self.redis = redis
         self.settings = settings
         self.queues = {name: Queue(name, connection=redis) for name in QUEUES}
-        self._submit_script = scripts.load(redis, "dispatch_lib", "submit")
-        self._dispatch_script = scripts.load(redis, "dispatch_lib", "dispatch")
-        self._cancel_script = scripts.load(redis, "cancel")
+        self._submit_script = scripts.load(redis, "lifecycle", "dispatch_lib", "submit")
+        self._dispatch_script = scripts.load(redis, "lifecycle", "dispatch_lib", "dispatch")
+        self._cancel_script = scripts.load(redis, "lifecycle", "cancel")
         # What the dispatcher needs to know of each queue (jobs/lua/dispatch_lib.lua).
         self._dispatch_queues = {
             name: {
@@ -91,17 +92,18 @@ class JobStore:
         spec = {
             "task_id": task_id, "server": server_id, "others_here": others_here,
             "ttl": self.settings.failure_ttl_s,
-            "prefix": {"payload": keys.payload(""), "task_job": keys.task_job(""), "job": Job.redis_job_namespace_prefix,
+            "prefix": {"payload": keys.payload(""), "task_job": keys.task_job(""),
                        "batch": keys.batch_members(""), "cancelled": keys.cancelled(""), "waits": keys.waits_of("")},
             "servers_key": keys.WAITING_SERVERS,
-            "queue_keys": {name: queue.key for name, queue in self.queues.items()},
+            "queues": self._dispatch_queues,
         }
-        outcome, job_id = (value.decode() for value in self._cancel_script(args=[json.dumps(spec)], client=self.redis))
+        outcome, job_id, *worker = (value.decode() for value in self._cancel_script(
+            args=[json.dumps(spec)], client=self.redis))
         if outcome == "stop":
-            try:
-                send_stop_job_command(self.redis, job_id)
-            except (InvalidJobOperation, NoSuchJobError):
-                pass  # it ended meanwhile; the mark still answers later lookups with "cancelled"
+            # Addressed to the worker the run belongs to (RQ's own lookup of it,
+            # send_stop_job_command, reads a field RQ sets only once the horse runs).
+            if worker and worker[0]:
+                send_command(self.redis, worker[0], "stop-job", job_id=job_id)
             outcome = "stopped"
         return outcome
 
@@ -278,35 +280,32 @@ class JobStore:
         # "finished" without a payload: read those payloads again rather than
         # call the task unknown (the worker stores the payload before RQ marks
         # the job finished, so it is there now unless it expired).
-        late = [t for t in task_ids if not payloads[t] and fields[t][0] == b"finished"]
+        late = [t for t in task_ids if not payloads[t] and fields[t][0] == State.FINISHED.value.encode()]
         if late:
             payloads.update(self.payloads(late))
         return {t: (_cancelled(t, fields[t]) if t in cancelled and not payloads[t]
                     else self._state(t, job_ids[t], payloads[t], fields[t])) for t in task_ids}
 
     def _state(self, task_id: str, job_id: str, payload: bytes | None, fields: list) -> JobState:
-        status, origin = fields
-        queue = origin.decode() if origin else ""
-        status = status.decode() if status else ""
+        state, origin, code, text = (value.decode(errors="replace") if value else "" for value in fields)
         if payload:
-            return JobState(task_id, FINISHED, queue, payload)
-        if status in _WAITING_STATES:
-            return JobState(task_id, QUEUED, queue)
-        # A job whose worker died is failed or requeued in Redis by the janitor
-        # (jobs/janitor.py): its status here is what will happen to it.
-        if status == STARTED:
-            return JobState(task_id, STARTED, queue)
-        if status in ("failed", "stopped", "canceled"):
-            return JobState(task_id, FAILED, queue, error=self._failure(task_id, job_id, status))
+            return JobState(task_id, FINISHED, origin, payload)
+        if state in _WAITING_STATES:
+            return JobState(task_id, QUEUED, origin)
+        # A run lost to a fault goes back to "queued" (jobs/lifecycle.py): until
+        # then the job reads as started.
+        if state == State.STARTED:
+            return JobState(task_id, STARTED, origin)
+        if state == State.CANCELLED:
+            return _cancelled(task_id, fields)
+        if state == State.FAILED:
+            try:
+                error_code = ErrorCode(code)
+            except ValueError:
+                error_code = ErrorCode.JOB_FAILED
+            return JobState(task_id, FAILED, origin, error=ProtocolError(error_code, text, task_id=task_id))
         # No job, or a finished one whose result has expired.
-        return JobState(task_id, MISSING, queue)
-
-    def _failure(self, task_id: str, job_id: str, status: str) -> ProtocolError:
-        if status != "failed":
-            return ProtocolError(ErrorCode.JOB_FAILED, f"the job was {status}", task_id=task_id)
-        latest = Job(job_id, connection=self.redis).latest_result()
-        code, text = events.describe_failure_text(latest.exc_string if latest else "")
-        return ProtocolError(code, text, task_id=task_id)
+        return JobState(task_id, MISSING, origin)
 
     def payloads(self, task_ids: list[str]) -> dict[str, bytes]:
         """The success messages of finished jobs, in one round trip."""
@@ -399,7 +398,7 @@ def _queue_waits(pipe, server_id: str, waits: Waits) -> None:
 
 def _cancelled(task_id: str, fields: list) -> JobState:
     """A task whose job a cancel stopped (protocol: a later lookup gets ``cancelled``)."""
-    queue = fields[1].decode() if fields and fields[1] else ""
+    queue = fields[1].decode() if isinstance(fields[1], bytes) else (fields[1] or "")
     return JobState(task_id, FAILED, queue, error=ProtocolError(
         ErrorCode.CANCELLED, "the job was cancelled: no one else was waiting for it", task_id=task_id))
 

@@ -42,19 +42,23 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SimpleWorker, Worker, WorkerStatus
 
-from jobs import events
+from jobs import events, lifecycle
 from jobs.client import OUTAGE_ERRORS
-from jobs.janitor import REQUEUES_EXHAUSTED_REASON, Janitor, fail, put_back
+from jobs.janitor import Janitor
+from jobs.lifecycle import RunLost
 from jobs.liveness import Heartbeat
 from jobs.routing import SOFT
+from protocol import FIXED_TEXTS, ErrorCode
+from settings import Settings
 
 # A horse still running this long after its job's time limit is killed.
 HORSE_GRACE_S = 0.5
 # How often the parent looks at its horse where it cannot wait for its exit, seconds.
 HORSE_POLL_S = 0.05
-# Stored as the failure of an overrunning job: events.describe_failure_text
-# maps the name JobTimeoutException to the protocol's ``timeout``.
+# RQ's record of an overrunning job's failure (the client hears ``timeout``).
 OVERRUN_TEXT = "rq.timeouts.JobTimeoutException: Job exceeded its {timeout} s time limit; work horse killed"
+# How a run interrupted by a Redis outage ended, in a failed job's text.
+OUTAGE_END = "interrupted by a Redis outage"
 # Waiting for Redis to answer again: the first pause and the longest, seconds.
 RECONNECT_FIRST_S = 0.25
 RECONNECT_MAX_S = 4.0
@@ -79,9 +83,25 @@ class LaneWorker(Worker):
 
     # --- alive key ---------------------------------------------------------------
 
+    _settings: Settings | None = None
+    _lifecycle: lifecycle.Lifecycle | None = None
+    _killed_how = ""
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.from_env()
+        return self._settings
+
+    @property
+    def lifecycle(self) -> lifecycle.Lifecycle:
+        if self._lifecycle is None:
+            self._lifecycle = lifecycle.of(self.connection)
+        return self._lifecycle
+
     def register_birth(self) -> None:
         super().register_birth()
-        self._beats = Heartbeat(self.connection, self.name, Janitor(self.connection))
+        self._beats = Heartbeat(self.connection, self.name, Janitor(self.connection, settings=self.settings))
         self._beats.start()
 
     def register_death(self) -> None:
@@ -184,8 +204,8 @@ class LaneWorker(Worker):
                 time.sleep(pause)
                 pause = min(pause * 2, RECONNECT_MAX_S)
 
-    def settle_interrupted(self, job: Job, queue: Queue, entry: str = "") -> None:
-        """After an outage during ``job`` (its horse gone): put it back unless its end was recorded.
+    def settle_interrupted(self, job: Job, queue: Queue, execution) -> None:
+        """After an outage during ``job`` (its horse gone): run it again unless its end was recorded.
 
         Tried again until Redis lets it through: a Redis that comes back only
         briefly must not end the worker either.
@@ -194,43 +214,70 @@ class LaneWorker(Worker):
         while True:
             self.wait_for_redis()
             try:
-                outcome = self._put_back_own(job, queue, entry)
+                outcome = self._run_lost(job, queue, execution, OUTAGE_END)
                 break
             except OUTAGE_ERRORS as exc:
                 self.log.warning("Redis unreachable again while settling job %s (%s)", job.id, exc)
-        if outcome == "requeued":
+        if outcome == RunLost.REQUEUED:
             self.log.warning("Job %s was interrupted by a Redis outage; requeued at the front of %s",
                              job.id, queue.name)
-        elif outcome == "exhausted":
-            fail(self.connection, job.id, REQUEUES_EXHAUSTED_REASON)
 
-    def _put_back_own(self, job: Job, queue: Queue, entry: str) -> str | None:
-        if not entry:
-            prefix = f"{job.id}:"
-            entries = [e.decode() for e in self.connection.zrange(queue.started_job_registry.key, 0, -1)]
-            entry = next((e for e in entries if e.startswith(prefix)), "")
-        return put_back(self.connection, queue, job.id, entry, own=True)
+    def _run_lost(self, job: Job, queue: Queue, execution, how: str) -> RunLost:
+        """This worker's run of ``job`` ended by a fault outside the job (jobs/lifecycle.py)."""
+        outcome = self.lifecycle.run_lost(
+            job.id, execution.id, queue.name, how, events.task_ids_of(job) if job.origin == SOFT else [job.id],
+            self.settings.job_max_attempts, self.settings.failure_ttl_s, entry=execution.composite_key)
+        if outcome != RunLost.FAILED:
+            # Requeued, or no longer this run's: RQ must not record it as failed.
+            with self.connection.pipeline() as pipe:
+                self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                pipe.execute()
+        return outcome
 
     # --- running a job -------------------------------------------------------------
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        """Claim the job for this run (jobs/lifecycle.py), then run it: soft in-process, hard in a horse.
+
+        Replaces RQ's own ``execute_job`` (prepare, run, set idle) to claim
+        the job between the first two: a job cancelled while it was queued,
+        or claimed by another run, is not run at all.
+        """
         self._job_began = time.monotonic()
         self._settled_job_id = None
+        execution = None
         try:
-            if queue.name == SOFT:
-                SimpleWorker.execute_job(self, job, queue)
+            execution = self.prepare_execution(job)
+            lifecycle.set_current_run(job.id, execution.id)
+            hard = queue.name != SOFT
+            if not self.lifecycle.start(job.id, execution.id, [job.id] if hard else [], publish=hard,
+                                        worker=self.name):
+                self.log.info("Job %s was not run: cancelled, or run by another worker", job.id)
+                with self.connection.pipeline() as pipe:
+                    self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                    pipe.lrem(queue.intermediate_queue_key, 0, job.id)
+                    pipe.execute()
+                self.set_state(WorkerStatus.IDLE)
+                return
+            if hard:
+                self.fork_work_horse(job, queue)
+                self.monitor_work_horse(job, queue, execution)
             else:
-                super().execute_job(job, queue)
+                self.perform_job(job, queue, execution)
+            self.set_state(WorkerStatus.IDLE)
         except OUTAGE_ERRORS as exc:
             self._last_outage = time.monotonic()
             self.log.warning("Redis unreachable while running job %s (%s)", job.id, exc)
             self._end_horse()
-            self.settle_interrupted(job, queue)
+            if execution is not None:
+                self.settle_interrupted(job, queue, execution)
             self.set_state(WorkerStatus.IDLE)
             return
+        finally:
+            lifecycle.set_current_run(None)
         if self._outage_during_job() and self._settled_job_id != job.id:
             # Its end may not have reached Redis (RQ logs a failed write and goes on).
-            self.settle_interrupted(job, queue)
+            self.settle_interrupted(job, queue, execution)
 
     def _end_horse(self) -> None:
         """Make sure no horse still runs the job before it is put back."""
@@ -250,14 +297,14 @@ class LaneWorker(Worker):
         # Always: RQ removes a job from its intermediate list only for one-queue
         # workers, and a job left there after it started would look orphaned.
         super().prepare_job_execution(job, remove_from_intermediate_queue=True)
-        if job.origin != SOFT:
-            # Hard jobs run long enough for a client to care that they started.
-            events.publish(self.connection, job, events.STARTED)
 
     # --- holding a hard job's time limit (in the parent) ------------------------
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
         super().fork_work_horse(job, queue)
+        if self._stopped_job_id == job.id:
+            # A cancel's stop-job command came between the job's start and its fork.
+            self.kill_horse()
         has_limit = job.timeout is not None and job.timeout > 0
         self._horse_deadline = time.monotonic() + job.timeout + HORSE_GRACE_S if has_limit else None
         self._horse_job_id = job.id
@@ -300,28 +347,44 @@ class LaneWorker(Worker):
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:
         # Called by RQ's monitor, in the parent, before it fails the job.
         self._killed_job_id = job.id
+        self._killed_how = _how_it_ended(ret_val)
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string="", execution=None):
-        killed = self._killed_job_id == job.id
+        """RQ's end of a run that did not return: a killed horse is a lost run, an overrun a timeout.
+
+        The job's own exceptions were already recorded by its failure
+        callback, in the horse (jobs/events.py on_failure).
+        """
+        killed = self._killed_job_id == job.id and execution is not None
         overran = killed and self._overran_job_id == job.id
-        if killed and not overran and self._outage_during_job():
-            # The horse could not record its end while Redis was away: run the job
-            # again rather than fail it.
-            self._killed_job_id = None
-            self.settle_interrupted(job, queue, execution.composite_key if execution else "")
-            return
+        self._killed_job_id = self._overran_job_id = None
         if overran:
             exc_string = OVERRUN_TEXT.format(timeout=job.timeout)
+            self.lifecycle.fail(job.id, execution.id, [job.id], ErrorCode.TIMEOUT.value,
+                                FIXED_TEXTS[ErrorCode.TIMEOUT], self.settings.failure_ttl_s)
+        elif killed:
+            # Killed from outside the job (a signal, the out-of-memory killer), or
+            # its horse lost Redis: run it again, up to JOB_MAX_ATTEMPTS runs.
+            how = OUTAGE_END if self._outage_during_job() else self._killed_how
+            self._settled_job_id = job.id
+            if self._run_lost(job, queue, execution, how) != RunLost.FAILED:
+                return
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
-        if killed:
-            # RQ runs no failure callback for a killed horse: tell the servers here.
-            self._killed_job_id = self._overran_job_id = None
-            code, text = events.describe_failure_text(exc_string)
-            try:
-                events.publish(self.connection, job, events.FAILED, code.value, text)
-            except Exception:  # noqa: BLE001 - the servers' sweep still finds the failure
-                self.log.exception("Could not publish the failure of job %s", job.id)
+
+
+def _how_it_ended(wait_status: int | None) -> str:
+    """A horse's end in words, from its wait status."""
+    if wait_status is None:
+        return "its work horse vanished"
+    if os.WIFSIGNALED(wait_status):
+        number = os.WTERMSIG(wait_status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"its work horse was killed by {name}"
+    return f"its work horse exited with status {os.waitstatus_to_exitcode(wait_status)}"
 
 
 def wait_for_exit(pid: int, timeout: float | None) -> None:

@@ -95,3 +95,24 @@ def jobs_waiting(redis_client, queue: str) -> int:
     from jobs import keys
 
     return redis_client.llen(f"rq:queue:{queue}") + int(redis_client.get(keys.pending_count(queue)) or 0)
+
+
+_APPEND_EVENT = """
+local payloads = {}
+for i, task_id in ipairs(cjson.decode(ARGV[5])) do payloads[task_id] = ARGV[5 + i] end
+lc_event(cjson.decode(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], payloads)
+"""
+
+
+def append_event(redis, task_ids: list[str], state: str, payloads: dict | None = None,
+                 code: str = "", text: str = "") -> None:
+    """Append a job event with the service's own Lua writer (jobs/lua/lifecycle.lua lc_event),
+    without a job behind it: what a delivery test needs to see events arrive."""
+    import json
+
+    from jobs.lifecycle import lua_preamble
+    from jobs.scripts import LUA_DIR
+
+    script = redis.register_script(lua_preamble() + (LUA_DIR / "lifecycle.lua").read_text() + _APPEND_EVENT)
+    payloads = payloads or {}
+    script(args=[json.dumps(task_ids), state, code, text, json.dumps(list(payloads)), *payloads.values()])

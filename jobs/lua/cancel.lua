@@ -1,9 +1,10 @@
 -- Cancel one task for one server's connection, in one atomic step.
 --
 -- ARGV[1]: JSON {"task_id", "server", "others_here" (bool: another connection
---   of this server waits), "ttl" (s, of the cancelled mark), "prefix": {payload,
---   task_job, job, batch, cancelled, waits}, "servers_key", "queue_keys": {name: key}}
--- Returns {outcome, job_id}: outcome "unknown", "ended", "continues",
+--   of this server waits), "ttl" (s, of the cancelled mark and the stopped job),
+--   "prefix": {payload, task_job, batch, cancelled, waits}, "servers_key",
+--   "queues": {name: q (dispatch_lib.lua)}}
+-- Returns {outcome, job_id[, worker]}: outcome "unknown", "ended", "continues",
 -- "stopped" (taken off its queue), or "stop" (running: the caller tells its
 -- worker to stop it, with RQ's stop-job command).
 local spec = cjson.decode(ARGV[1])
@@ -14,13 +15,13 @@ if redis.call('EXISTS', prefix.payload .. task_id) == 1 or redis.call('EXISTS', 
     return {'ended', ''}
 end
 local job_id = redis.call('GET', prefix.task_job .. task_id) or task_id
-local job_key = prefix.job .. job_id
-local f = redis.call('HMGET', job_key, 'status', 'origin')
-local status, origin = f[1], f[2]
-if not status then
+local job_key = RQ.job_prefix .. job_id
+local f = redis.call('HMGET', job_key, LC_F.state, RQ.origin, LC_F.client, LC_F.worker)
+local state, origin, client, worker = f[1], f[2] or '', f[3] or '', f[4] or ''
+if not state then
     return {'unknown', ''}
 end
-if status ~= 'queued' and status ~= 'started' then
+if LC.final[state] then
     return {'ended', ''}
 end
 
@@ -42,7 +43,7 @@ end
 local batch = job_id ~= task_id
 if batch then
     local members_key = prefix.batch .. job_id
-    if status == 'started' then
+    if state == LC.state.STARTED then
         -- The batch computes its other members too, in milliseconds.
         if redis.call('LLEN', members_key) > 1 then
             return {'continues', ''}
@@ -61,14 +62,25 @@ if batch then
 end
 
 redis.call('SET', prefix.cancelled .. task_id, '1', 'EX', spec.ttl)
-if status == 'started' then
-    return {'stop', job_id}
+if not lc_move(job_key, LC.state.CANCELLED) then
+    return {'ended', ''}
 end
--- Queued: in its RQ queue (short), or in a pending list, where the
--- dispatcher drops it when its turn comes (dispatch_lib.lua).
-redis.call('HSET', job_key, 'status', 'canceled')
-local queue_key = spec.queue_keys[origin or '']
-if queue_key then
-    redis.call('LREM', queue_key, 0, job_id)
+-- Stopped jobs keep their hash only as long as a failure's (no key without a TTL).
+redis.call('EXPIRE', job_key, spec.ttl)
+if state == LC.state.STARTED then
+    return {'stop', job_id, worker}
+end
+lc_rq_status(job_key, RQ.canceled)
+local q = spec.queues[origin]
+if q then
+    if state == LC.state.QUEUED then
+        redis.call('LREM', q.queue_key, 0, job_id)
+    elseif redis.call('LREM', q.pending .. client, 0, job_id) > 0 then
+        -- Out of every count at once: the dispatcher never meets it.
+        redis.call('DECR', q.count)
+        if redis.call('LLEN', q.pending .. client) == 0 then
+            redis.call('LREM', q.clients, 0, client)
+        end
+    end
 end
 return {'stopped', job_id}

@@ -26,8 +26,8 @@ local function dispatch(q, per_worker)
         local job_id = redis.call('LPOP', pending_key)
         if job_id then
             redis.call('DECR', q.count)
-            -- A job cancelled while it waited (cancel.lua) is dropped here.
-            if redis.call('HGET', q.job_prefix .. job_id, 'status') ~= 'canceled' then
+            -- A job cancelled while it waited (cancel.lua) cannot move: dropped here.
+            if lc_move(RQ.job_prefix .. job_id, LC.state.QUEUED) then
                 redis.call('RPUSH', q.queue_key, job_id)
                 moved = moved + 1
             end

@@ -3,7 +3,8 @@
 -- get the same number at the same instant cannot both make a job for it.
 --
 -- New jobs go to the back of their client's pending list, and the queues they
--- joined are fed at once (dispatch_lib.lua, which this script is appended to).
+-- joined are fed at once (dispatch_lib.lua, which this script is appended to,
+-- after lifecycle.lua: every state it writes goes through lc_move).
 --
 -- ARGV[1]: JSON, {"prefix": {...key prefixes...}, "queues_key": ..., "max_waiting": N,
 --          "queues": {name: q (see dispatch_lib.lua), ...}, "per_worker": N,
@@ -22,7 +23,6 @@
 
 local spec = cjson.decode(ARGV[1])
 local prefix = spec.prefix
-local WAITING = {queued = true, deferred = true, scheduled = true, created = true}
 
 -- The state of a task if its job is still useful to share: finished with its
 -- result stored, waiting, or running. nil for a failed, stopped or expired one.
@@ -32,15 +32,15 @@ local function live_state(task_id)
     end
     local payload = redis.call('GET', prefix.payload .. task_id)
     local job_id = redis.call('GET', prefix.task_job .. task_id) or task_id
-    local f = redis.call('HMGET', prefix.job .. job_id, 'status', 'origin', 'started_at', 'timeout')
-    local origin = f[2] or ''
+    local f = redis.call('HMGET', RQ.job_prefix .. job_id, LC_F.state, RQ.origin, 'started_at', 'timeout')
+    local state, origin = f[1], f[2] or ''
     if payload then
         return {task_id, 'finished', origin, payload, '', ''}
     end
-    if f[1] and WAITING[f[1]] then
+    if state == LC.state.PENDING or state == LC.state.QUEUED then
         return {task_id, 'queued', origin, '', '', ''}
     end
-    if f[1] == 'started' then
+    if state == LC.state.STARTED then
         return {task_id, 'started', origin, '', f[3] or '', tostring(f[4] or '')}
     end
     return nil
@@ -66,8 +66,9 @@ local function open_batch(q, client)
     if open[key] == nil then
         open[key] = false
         local id = redis.call('GET', key)
+        local state = id and lc_state(RQ.job_prefix .. id)
         if id and redis.call('EXISTS', prefix.closed .. id) == 0
-                and redis.call('HGET', prefix.job .. id, 'status') == 'queued' then
+                and (state == LC.state.PENDING or state == LC.state.QUEUED) then
             open[key] = {id = id, size = redis.call('LLEN', prefix.batch .. id)}
         end
     end
@@ -122,7 +123,10 @@ for _, job in ipairs(spec.jobs) do
             end
         end
         local first, count = job.fields[1], job.fields[2]
-        redis.call('HSET', prefix.job .. job.job_id, unpack(ARGV, first, first + count - 1))
+        local job_key = RQ.job_prefix .. job.job_id
+        redis.call('HSET', job_key, unpack(ARGV, first, first + count - 1))
+        lc_move(job_key, LC.state.PENDING)
+        redis.call('HSET', job_key, LC_F.client, job.client)
         redis.call('SADD', spec.queues_key, q.queue_key)
         add_pending(q, job.client, job.job_id)
         waiting[job.queue] = waiting[job.queue] + 1

@@ -1,5 +1,9 @@
 """Time limits and dead workers, as the client sees them: real rq workers, killed with real signals.
 
+A run lost to a fault outside the job (a killed horse or worker, a pause past
+the worker's lease) is not the job's failure: the job runs again, and its
+client gets the one success (jobs/lifecycle.py).
+
 20,000,000! keeps GMP busy for about 5 s in C code, where RQ's SIGALRM time
 limit cannot reach it; these tests give it a limit of a second or two.
 """
@@ -13,7 +17,6 @@ import time
 
 import pytest
 
-from jobs.janitor import WORKER_LOST_REASON
 from settings import Settings
 from tests.conftest import WorkerProcess
 from tests.helpers import Client, async_wait_until, wait_until
@@ -24,7 +27,8 @@ log = logging.getLogger(__name__)
 BIG = 20_000_000
 # A few seconds of work for a paused horse to finish once resumed.
 PAUSED = 2_000_000
-WORKER_LOST_TEXT = f"the job failed: {WORKER_LOST_REASON}"
+# A second or two of work, run again on the next worker.
+RERUN = 1_000_000
 
 pytestmark = pytest.mark.slow
 
@@ -84,37 +88,60 @@ async def test_a_hard_job_past_its_time_limit_reaches_its_client_as_timeout(ws_u
     assert again["code"] == "timeout"
 
 
+async def _only_answer(client: Client, ack: dict, timeout: float) -> dict:
+    """The one final answer to ``ack``'s task. A lookup of the task then answers the same,
+    and comes next: no second answer was pushed in between."""
+    final = await _until_end(client, timeout)
+    assert final["task_id"] == ack["task_id"], final
+    lookup = await client.ask({"type": "result", "task_id": ack["task_id"], "ref": "lookup"})
+    assert lookup == {**final, "ref": "lookup"}, lookup
+    return final
+
+
 @pytest.mark.gen_test(timeout=60)
-@pytest.mark.parametrize("settings", [10], indirect=True)
-async def test_a_killed_work_horse_is_reported_at_once(settings, ws_url, lane_worker):
+@pytest.mark.parametrize("settings", [30], indirect=True)
+async def test_a_killed_work_horse_runs_its_job_again(settings, ws_url, lane_worker, redis_client):
     client = await Client.connect(ws_url)
-    ack = await client.ask({"type": "factorial", "number": BIG})
+    ack = await client.ask({"type": "factorial", "number": PAUSED})
     await _started(client)
     horse = wait_until(lambda: children(lane_worker.process.pid), timeout=5, what="the work horse")[0]
     killed = time.monotonic()
     os.kill(horse, signal.SIGKILL)
-    error = await _until_end(client, 10)
+    done = await _only_answer(client, ack, 15)
     told_after = time.monotonic() - killed
-    log.info("work horse SIGKILLed during 20000000!: client told after %.2f s", told_after)
-    assert error["type"] == "error" and error["code"] == "job_failed" and error["task_id"] == ack["task_id"]
-    assert "terminated" in error["result"]
-    # Well inside the 10 s limit: the worker's parent published the failure.
-    assert told_after < 2
-    _, done = await client.factorial(2500, timeout=10)
-    while done["type"] == "status":
-        done = await client.receive(10)
-    assert done["type"] == "success"
+    log.info("work horse SIGKILLed during %d!: success %.2f s after the kill", PAUSED, told_after)
+    assert done["type"] == "success" and done["digits"] == 11_733_475
+    assert told_after < 15
+    assert redis_client.hget(f"rq:job:{ack['task_id']}", "factorial_runs") == b"2"
+
+
+@pytest.mark.gen_test(timeout=90)
+@pytest.mark.parametrize("settings", [30], indirect=True)
+async def test_a_horse_killed_at_every_run_fails_once_after_its_last_run(settings, ws_url, lane_worker):
+    attempts = Settings().job_max_attempts
+    client = await Client.connect(ws_url)
+    ack = await client.ask({"type": "factorial", "number": PAUSED})
+    killed: set[int] = set()
+    for _ in range(attempts):
+        horse = wait_until(lambda: [p for p in children(lane_worker.process.pid) if p not in killed],
+                           timeout=10, what="a new work horse")[0]
+        os.kill(horse, signal.SIGKILL)
+        killed.add(horse)
+    error = await _only_answer(client, ack, 15)
+    assert error["type"] == "error" and error["code"] == "job_failed", error
+    assert error["result"] == (f"the job could not be computed: each of its {attempts} runs ended its worker ("
+                               + "; ".join(["its work horse was killed by SIGKILL"] * attempts) + ")")
 
 
 @pytest.mark.gen_test(timeout=90)
 @pytest.mark.parametrize("settings", [60], indirect=True)
-async def test_a_killed_worker_is_reported_within_seconds_whatever_its_time_limit(
+async def test_a_killed_worker_s_job_runs_again_on_the_next_worker(
         settings, app, ws_url, redis_url, lane_worker, redis_client):
     client = await Client.connect(ws_url)
-    ack = await client.ask({"type": "factorial", "number": BIG})
+    ack = await client.ask({"type": "factorial", "number": RERUN})
     await _started(client)
     # The whole machine dies: the worker first (so it cannot report), then its horse.
-    horses = children(lane_worker.process.pid)
+    horses = wait_until(lambda: children(lane_worker.process.pid), timeout=5, what="the work horse")
     lane_worker.process.send_signal(signal.SIGKILL)
     killed = time.monotonic()
     lane_worker.process.wait()
@@ -125,58 +152,55 @@ async def test_a_killed_worker_is_reported_within_seconds_whatever_its_time_limi
     queued = await other.ask({"type": "factorial", "number": 4000})
     assert queued["status"] == "queued"
 
-    error = await _until_end(client, 15)
-    told_after = time.monotonic() - killed
-    log.info("whole worker SIGKILLed during 20000000! (limit 60 s): client told %.2f s after the kill", told_after)
-    assert error == {"type": "error", "code": "job_failed", "result": WORKER_LOST_TEXT, "task_id": ack["task_id"]}
-    assert told_after < 10
-    # The failure is in Redis, as RQ records one, not only in what the server said.
-    assert redis_client.hget(f"rq:job:{ack['task_id']}", "status") == b"failed"
-    assert redis_client.zcard("rq:wip:hard") == 0
-
-    # A new request for the same number does not share the dead job.
-    retry = await client.ask({"type": "factorial", "number": BIG, "ref": "again"})
-    assert retry["task_id"] != ack["task_id"] and retry["status"] == "queued"
-
-    replacement = WorkerProcess(redis_url).start()
+    replacement_started = False
+    replacement = None
     try:
-        done = await _until_end(other, 20)
-        assert done["type"] == "success" and done["task_id"] == queued["task_id"]
-        await async_wait_until(lambda: app.context.delivery.waiting_jobs <= 1, what="the queued job to be delivered")
+        # Restarted a second later, as a supervisor would.
+        await async_wait_until(lambda: time.monotonic() - killed >= 1, what="a second")
+        replacement = WorkerProcess(redis_url).start()
+        replacement_started = True
+        done = await _only_answer(client, ack, 15)
+        told_after = time.monotonic() - killed
+        log.info("whole worker SIGKILLed during %d!: success %.2f s after the kill", RERUN, told_after)
+        assert done["type"] == "success" and done["task_id"] == ack["task_id"]
+        assert told_after < 15
+        assert redis_client.zcard("rq:wip:hard") == 0
+        other_done = await _until_end(other, 20)
+        assert other_done["type"] == "success" and other_done["task_id"] == queued["task_id"]
     finally:
-        replacement.stop()
-        for pid in children(replacement.process.pid):
-            _kill(pid)
+        if replacement_started:
+            replacement.stop()
+            for pid in children(replacement.process.pid):
+                _kill(pid)
 
 
 @pytest.mark.gen_test(timeout=90)
 @pytest.mark.parametrize("settings", [60], indirect=True)
-async def test_a_paused_worker_is_reported_within_seconds_and_goes_on_when_resumed(
-        settings, ws_url, lane_worker, redis_client):
+async def test_a_paused_worker_s_job_is_answered_once_when_it_resumes(settings, ws_url, lane_worker, redis_client):
     client = await Client.connect(ws_url)
     ack = await client.ask({"type": "factorial", "number": PAUSED})
     await _started(client)
-    # The whole worker pauses (a frozen container or VM): its main process and its horse.
-    paused = [lane_worker.process.pid, *children(lane_worker.process.pid)]
+    # The whole worker pauses (a frozen container or VM): its main process and its horse,
+    # for longer than its lease: the janitor (run by the server) puts its job back.
+    horses = wait_until(lambda: children(lane_worker.process.pid), timeout=5, what="the work horse")
+    paused = [lane_worker.process.pid, *horses]
     for pid in paused:
         os.kill(pid, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
-        error = await _until_end(client, 15)
-        told_after = time.monotonic() - stopped
+        await async_wait_until(lambda: time.monotonic() - stopped >= 12, timeout=15, what="12 s of pause")
+        # Usually the janitor has put the job back by now (its lease is 5 s);
+        # on a starved host it may not have, and the paused run then ends it.
+        requeued = redis_client.hget(f"rq:job:{ack['task_id']}", "factorial_state") == b"queued"
     finally:
         for pid in paused:
             _kill(pid, signal.SIGCONT)
-    log.info("worker SIGSTOPped during %d!: client told %.2f s after the pause", PAUSED, told_after)
-    assert error == {"type": "error", "code": "job_failed", "result": WORKER_LOST_TEXT, "task_id": ack["task_id"]}
-    assert told_after < 10
-
-    # Resumed, the same worker process goes on with the queue.
-    _, done = await client.factorial(2600, timeout=60)
-    while done["type"] == "status":
-        done = await client.receive(60)
-    assert done["type"] == "success" and done["digits"] == 7752
+    log.info("worker SIGSTOPped 12 s during %d!: job requeued meanwhile: %s", PAUSED, requeued)
+    # Resumed: the paused run's end is refused, the job runs again, one success.
+    done = await _only_answer(client, ack, 60)
+    log.info("... success %.2f s after the pause began", time.monotonic() - stopped)
+    assert done["type"] == "success" and done["digits"] == 11_733_475
     assert lane_worker.process.poll() is None
-    # One answer per request: the paused job's late end is not sent again.
-    again = await client.ask({"type": "factorial", "number": 5, "ref": "last"})
-    assert again["type"] == "result" and again["ref"] == "last"
+    assert redis_client.hget(f"rq:job:{ack['task_id']}", "factorial_state") == b"finished"
+    # Put back, the job ran again and only that run's end counted; the paused run's was refused.
+    assert redis_client.hget(f"rq:job:{ack['task_id']}", "factorial_runs") == (b"2" if requeued else b"1")

@@ -9,8 +9,9 @@ from rq import Queue
 from rq.executions import Execution
 from rq.job import Job
 
-from jobs import janitor, keys
+from jobs import janitor, keys, lifecycle
 from jobs.janitor import Janitor
+from jobs.lifecycle import RunLost
 from jobs.states import FAILED, QUEUED
 from jobs.store import JobStore
 from settings import Settings
@@ -64,6 +65,8 @@ def start(redis_client, job_id: str, worker: str, beating: bool = True, alive: b
             pipe.set(keys.worker_alive(worker), 1, px=60_000)
         pipe.execute()
     redis_client.lrem(Queue(job.origin, connection=redis_client).intermediate_queue_key, 0, job_id)
+    # What the project's worker does next: claim the job for this run (jobs/lifecycle.py).
+    assert lifecycle.of(redis_client).start(job_id, execution.id, [job_id], publish=False)
     return execution
 
 
@@ -84,21 +87,39 @@ def test_a_job_taken_but_never_started_goes_back_to_the_front_of_its_queue(store
     assert store.states([first])[first].status == QUEUED
 
 
-def test_a_started_job_whose_worker_stopped_beating_fails_and_its_end_is_published(store, redis_client):
+def test_a_started_job_whose_worker_stopped_beating_runs_again_and_nothing_is_published(store, redis_client):
     task_id = store.submit([3000])[3000].task_id
     take(redis_client, "hard")
     execution = start(redis_client, task_id, DEAD, alive=False)
+    cursor = store.events_cursor()
     recovery = run(trusted_janitor(redis_client))
-    assert recovery.failed == [task_id] and recovery.requeued == []
-    state = store.states([task_id])[task_id]
-    assert state.status == FAILED and state.error.code.value == "job_failed"
-    assert state.error.text == "the job failed: the worker running it stopped responding"
+    assert recovery.requeued == [task_id] and recovery.failed == []
+    assert store.states([task_id])[task_id].status == QUEUED
+    assert redis_client.lrange("rq:queue:hard", 0, -1) == [task_id.encode()]  # at the front
     assert redis_client.zscore("rq:wip:hard", execution.composite_key) is None
-    assert task_id.encode() in redis_client.zrange("rq:failed:hard", 0, -1)
-    _, events = store.read_events("0-0", 0)
-    assert [(e.task_id, e.state, e.code) for e in events] == [(task_id, FAILED, "job_failed")]
+    assert store.read_events(cursor, 0)[1] == []  # its clients hear nothing
     # Its worker had no job left: it is forgotten.
     assert not redis_client.sismember(keys.BEATING_WORKERS, DEAD)
+
+
+def test_a_job_whose_every_run_is_lost_fails_once_after_the_last(store, redis_client):
+    task_id = store.submit([3002])[3002].task_id
+    sweeper = trusted_janitor(redis_client)
+    cursor = store.events_cursor()
+    attempts = Settings().job_max_attempts
+    for attempt in range(attempts):
+        take(redis_client, "hard")
+        start(redis_client, task_id, f"{DEAD}-{attempt}", alive=False)
+        recovery = run(sweeper)
+        expected = ([task_id], []) if attempt < attempts - 1 else ([], [task_id])
+        assert (recovery.requeued, recovery.failed) == expected
+    state = store.states([task_id])[task_id]
+    assert state.status == FAILED and state.error.code.value == "job_failed"
+    assert state.error.text == (f"the job could not be computed: each of its {attempts} runs ended its worker ("
+                                + "; ".join([janitor.WORKER_LOST] * attempts) + ")")
+    _, events = store.read_events(cursor, 0)
+    assert [(e.task_id, e.state, e.code) for e in events] == [(task_id, FAILED, "job_failed")]
+    assert redis_client.llen("rq:queue:hard") == 0 and redis_client.ttl(f"rq:job:{task_id}") > 0
 
 
 def test_a_job_registered_by_a_worker_that_died_before_its_horse_started_it_is_requeued(store, redis_client):
@@ -135,30 +156,31 @@ def test_nothing_is_judged_before_the_janitor_has_reached_redis_for_a_whole_aliv
     assert store.states([task_id])[task_id].status == "started"
 
 
-def test_a_job_claimed_by_two_janitors_at_once_is_failed_once(store, redis_client):
+def test_a_run_claimed_as_lost_by_two_janitors_at_once_is_requeued_once(store, redis_client):
     task_id = store.submit([6000])[6000].task_id
     take(redis_client, "hard")
     execution = start(redis_client, task_id, DEAD, alive=False)
-    queue = Queue("hard", connection=redis_client)
-    outcomes = [janitor.put_back(redis_client, queue, task_id, execution.composite_key) for _ in range(2)]
-    assert outcomes == ["started", None]
-
-
-def test_a_worker_putting_back_its_own_job_twice_queues_it_once(store, redis_client):
-    # RQ's BLPOP holds a taken job in no list: only its worker can put it back.
-    task_id = store.submit([7000])[7000].task_id
-    assert redis_client.lpop("rq:queue:hard").decode() == task_id
-    queue = Queue("hard", connection=redis_client)
-    outcomes = [janitor.put_back(redis_client, queue, task_id, own=True) for _ in range(2)]
-    assert outcomes == ["requeued", "queued"]
+    runs = lifecycle.of(redis_client)
+    outcomes = [runs.run_lost(task_id, execution.id, "hard", "lost", [task_id], 3, 60,
+                              entry=execution.composite_key) for _ in range(2)]
+    assert outcomes == [RunLost.REQUEUED, RunLost.NOT_OWNED]
     assert redis_client.lrange("rq:queue:hard", 0, -1) == [task_id.encode()]
 
 
-def test_a_job_put_back_too_often_is_reported_exhausted(store, redis_client):
-    task_id = store.submit([7001])[7001].task_id
-    queue = Queue("hard", connection=redis_client)
-    outcomes = []
-    for _ in range(janitor.MAX_REQUEUES + 1):
-        redis_client.lmove(queue.key, queue.intermediate_queue_key)
-        outcomes.append(janitor.put_back(redis_client, queue, task_id))
-    assert outcomes == ["requeued"] * janitor.MAX_REQUEUES + ["exhausted"]
+def test_the_end_of_a_run_that_lost_its_job_changes_nothing(store, redis_client):
+    task_id = store.submit([6001])[6001].task_id
+    take(redis_client, "hard")
+    lost = start(redis_client, task_id, DEAD, alive=False)
+    runs = lifecycle.of(redis_client)
+    assert runs.run_lost(task_id, lost.id, "hard", "lost", [task_id], 3, 60, entry=lost.composite_key)
+    # The paused run resumes and ends: refused, whether the job waits or runs again.
+    assert not runs.finish(task_id, lost.id, {task_id: b"late"}, 60)
+    assert not runs.fail(task_id, lost.id, [task_id], "job_failed", "late", 60)
+    take(redis_client, "hard")
+    again = start(redis_client, task_id, ALIVE)
+    assert not runs.finish(task_id, lost.id, {task_id: b"late"}, 60)
+    assert store.states([task_id])[task_id].status == "started"
+    assert runs.finish(task_id, again.id, {task_id: b"rerun"}, 60)
+    assert store.states([task_id])[task_id].payload == b"rerun"
+    assert not runs.fail(task_id, again.id, [task_id], "job_failed", "late", 60)  # settled stays settled
+    assert store.states([task_id])[task_id].payload == b"rerun"

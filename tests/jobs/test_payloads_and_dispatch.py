@@ -4,10 +4,11 @@ and small results come with their events."""
 from redis import Redis
 
 import protocol
-from jobs import events
+from jobs.lifecycle import INLINE_ENTRY_BYTES
 from jobs.states import FINISHED
 from jobs.store import JobStore
 from settings import Settings
+from tests.helpers import append_event
 
 
 def _store(redis_url) -> JobStore:
@@ -31,9 +32,7 @@ def test_it_still_dispatches_and_reads_after_redis_forgot_its_scripts(redis_url,
     store = _store(redis_url)
     store.submit([5000, 6000], ["a-client", "a-client"])
     redis_client.lpop("rq:queue:hard")
-    pipe = redis_client.pipeline()
-    events.append(pipe, ["t" * 32], FINISHED)
-    pipe.execute()
+    append_event(redis_client, ["t" * 32], FINISHED)
     redis_client.script_flush()  # what a Redis restart does to loaded scripts
 
     _, found = store.read_events("0-0", 0, dispatch=True)
@@ -44,9 +43,7 @@ def test_it_still_dispatches_and_reads_after_redis_forgot_its_scripts(redis_url,
 def test_small_results_come_with_their_event_and_large_ones_do_not(redis_url, redis_client):
     small = {f"{i:032d}": protocol.success(f"{i:032d}", str(i) * 20) for i in range(3)}
     large = {"l" * 32: protocol.success("l" * 32, "7" * 3000)}
-    pipe = redis_client.pipeline()
-    events.append(pipe, list(small) + list(large), FINISHED, payloads={**small, **large})
-    pipe.execute()
+    append_event(redis_client, list(small) + list(large), FINISHED, payloads={**small, **large})
 
     _, found = _store(redis_url).read_events("0-0", 0)
 
@@ -55,13 +52,11 @@ def test_small_results_come_with_their_event_and_large_ones_do_not(redis_url, re
 
 def test_an_entry_carries_at_most_its_share_of_small_results(redis_url, redis_client):
     many = {f"{i:032d}": protocol.success(f"{i:032d}", "9" * 400) for i in range(20)}  # ~480 bytes each
-    pipe = redis_client.pipeline()
-    events.append(pipe, list(many), FINISHED, payloads=many)
-    pipe.execute()
+    append_event(redis_client, list(many), FINISHED, payloads=many)
 
     _, found = _store(redis_url).read_events("0-0", 0)
 
     carried = [e for e in found if e.payload]
-    assert 0 < sum(len(e.payload) for e in carried) <= events.INLINE_ENTRY_BYTES
+    assert 0 < sum(len(e.payload) for e in carried) <= INLINE_ENTRY_BYTES
     assert all(e.payload == many[e.task_id] for e in carried)
     assert len(found) == 20

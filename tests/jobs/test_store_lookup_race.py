@@ -1,10 +1,8 @@
 """A job that ends while its state is being read is reported finished, never unknown."""
 
 from redis import Redis
-from rq.job import Job
-
 import protocol
-from jobs import keys
+from jobs import keys, lifecycle
 from jobs.factorial import factorial_digits
 from jobs.store import JobStore
 from settings import Settings
@@ -39,11 +37,14 @@ def test_a_batch_job_that_ends_between_the_two_reads_is_finished(redis_url, redi
     batch_id = redis_client.get(keys.task_job(task_id)).decode()
     assert batch_id != task_id
 
+    # What a worker does: claims the job under its run, then ends it with its results (jobs/lifecycle.py).
+    runs = lifecycle.of(redis_client)
+    store.dispatch()
+    assert runs.start(batch_id, "run-1", [], publish=False)
+
     def finish():
-        # What the worker does, in its order: the payload first, then RQ marks the job finished.
-        for n, state in answers.items():
-            redis_client.set(keys.payload(state.task_id), protocol.success(state.task_id, factorial_digits(n)))
-        redis_client.hset(Job.key_for(batch_id), "status", "finished")
+        assert runs.finish(batch_id, "run-1", {state.task_id: protocol.success(state.task_id, factorial_digits(n))
+                                               for n, state in answers.items()}, None)
 
     _finish_after_first_read(store, finish)
     state = store.states([task_id])[task_id]

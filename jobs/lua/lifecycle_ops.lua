@@ -1,0 +1,112 @@
+-- The transitions a worker, a job function or the janitor makes
+-- (jobs/lifecycle.py Lifecycle), each one atomic step.
+--
+-- ARGV[1]: JSON {"op", "job_id", "run", "task_ids", ...op's fields}
+-- ARGV[2..]: for "finish", the tasks' success messages, in task_ids order.
+local spec = cjson.decode(ARGV[1])
+local job_key = RQ.job_prefix .. spec.job_id
+local F = LC_F
+
+if spec.op == 'start' then
+    if not lc_move(job_key, LC.state.STARTED) then
+        return 0
+    end
+    redis.call('HSET', job_key, F.run, spec.run, F.worker, spec.worker)
+    redis.call('HINCRBY', job_key, F.runs, 1)
+    redis.call('PERSIST', job_key)
+    if spec.publish then
+        lc_event(spec.task_ids, LC.state.STARTED)
+    end
+    return 1
+end
+
+if spec.op == 'finish' then
+    if not lc_move(job_key, LC.state.FINISHED, spec.run) then
+        return 0
+    end
+    redis.call('HDEL', job_key, F.run)
+    local payloads = {}
+    for i, task_id in ipairs(spec.task_ids) do
+        local payload = ARGV[i + 1]
+        payloads[task_id] = payload
+        if spec.ttl > 0 then
+            redis.call('SET', LC.payload_prefix .. task_id, payload, 'EX', spec.ttl)
+        else
+            redis.call('SET', LC.payload_prefix .. task_id, payload)
+        end
+    end
+    lc_event(spec.task_ids, LC.state.FINISHED, '', '', payloads)
+    return 1
+end
+
+if spec.op == 'fail' then
+    if not lc_move(job_key, LC.state.FAILED, spec.run) then
+        return 0
+    end
+    redis.call('HDEL', job_key, F.run)
+    redis.call('HSET', job_key, F.code, spec.code, F.text, spec.text)
+    redis.call('EXPIRE', job_key, spec.ttl)
+    lc_event(spec.task_ids, LC.state.FAILED, spec.code, spec.text)
+    return 1
+end
+
+if spec.op == 'run_lost' then
+    local f = redis.call('HMGET', job_key, F.state, F.run, F.runs, F.ends)
+    if f[1] == LC.state.QUEUED and spec.entry ~= '' then
+        -- The run registered itself and died before it claimed the job: whoever
+        -- removes its registry entry puts the job back, once.
+        if redis.call('ZREM', spec.started_registry, spec.entry) == 0 then
+            return ''
+        end
+        redis.call('LREM', spec.intermediate, 0, spec.job_id)
+        if not redis.call('LPOS', spec.queue_key, spec.job_id) then
+            redis.call('LPUSH', spec.queue_key, spec.job_id)
+        end
+        return 'requeued'
+    end
+    if f[1] ~= LC.state.STARTED or (f[2] or '') ~= spec.run then
+        return ''
+    end
+    if spec.entry ~= '' then
+        redis.call('ZREM', spec.started_registry, spec.entry)
+    end
+    redis.call('LREM', spec.intermediate, 0, spec.job_id)
+    local runs = tonumber(f[3] or '1')
+    local ends = f[4] and (f[4] .. '; ' .. spec.how) or spec.how
+    redis.call('HSET', job_key, F.ends, ends)
+    redis.call('HDEL', job_key, F.run)
+    if runs < spec.max_runs then
+        lc_move(job_key, LC.state.QUEUED)
+        lc_rq_status(job_key, RQ.queued)
+        redis.call('PERSIST', job_key)
+        redis.call('LPUSH', spec.queue_key, spec.job_id)
+        return 'requeued'
+    end
+    lc_move(job_key, LC.state.FAILED)
+    local text = 'the job could not be computed: each of its ' .. runs ..
+        ' runs ended its worker (' .. ends .. ')'
+    redis.call('HSET', job_key, F.code, 'job_failed', F.text, text)
+    redis.call('EXPIRE', job_key, spec.ttl)
+    lc_event(spec.task_ids, LC.state.FAILED, 'job_failed', text)
+    return 'failed'
+end
+
+if spec.op == 'put_back' then
+    -- Claimed by whoever removes it from the list: two janitors never both put it back.
+    if redis.call('LREM', spec.intermediate, 0, spec.job_id) == 0 then
+        return 0
+    end
+    local state = lc_state(job_key)
+    if state == '' and redis.call('HGET', job_key, RQ.status) == RQ.queued then
+        state = LC.state.QUEUED  -- a job enqueued by other means than the service's submit
+    elseif state ~= '' and not lc_move(job_key, LC.state.QUEUED) then
+        return 0
+    end
+    if state ~= LC.state.QUEUED then
+        return 0
+    end
+    redis.call('LPUSH', spec.queue_key, spec.job_id)
+    return 1
+end
+
+return redis.error_reply('unknown lifecycle op ' .. tostring(spec.op))
