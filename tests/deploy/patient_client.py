@@ -35,6 +35,9 @@ class PatientClient:
         self.pending: set[str] = set()  # acknowledged, no final answer yet
         self.finals: dict[str, list[dict]] = defaultdict(list)
         self.acked_at: dict[str, float] = {}
+        # Per request (ref): when it was first asked, and how long its acknowledgement took from then.
+        self.first_asked_at: dict[str, float] = {}
+        self.ack_wait_s: dict[str, float] = {}
         self.answered_after_s: dict[str, float] = {}
         self.reconnects = 0
         self.close_codes: list[int | None] = []
@@ -53,6 +56,7 @@ class PatientClient:
     async def ask(self, number: int) -> None:
         ref = f"r{next(self._refs)}"
         self.unacked[ref] = number
+        self.first_asked_at[ref] = time.monotonic()
         await self._write({"type": "factorial", "number": number, "ref": ref})
 
     @property
@@ -69,6 +73,13 @@ class PatientClient:
                 await self._reader
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - the reader's end is ours
                 pass
+
+    def waits_for_acknowledgement(self, since: float, until: float) -> list[float]:
+        """How long each request first asked between ``since`` and ``until`` waited for its acknowledgement
+        (one still unanswered: how long it has waited so far)."""
+        now = time.monotonic()
+        return [self.ack_wait_s.get(ref, now - asked) for ref, asked in self.first_asked_at.items()
+                if since <= asked <= until]
 
     def wrong_answers(self) -> list[str]:
         """Every acknowledged task without exactly one correct final answer, described."""
@@ -124,6 +135,7 @@ class PatientClient:
         kind, task_id, ref = message.get("type"), message.get("task_id"), message.get("ref")
         if kind == "result" and ref in self.unacked:
             number = self.unacked.pop(ref)
+            self.ack_wait_s[ref] = time.monotonic() - self.first_asked_at[ref]
             self.acked[task_id] = number
             self.acked_at.setdefault(task_id, time.monotonic())
             self.pending.add(task_id)
