@@ -60,8 +60,6 @@ ALLOWED_WITHOUT_TTL = [
 KNOWN_GAPS = {
     "factorial:waiting-servers": "jobs/store.py _queue_waits: SADD with every share of a server's waits, "
                                  "no TTL; members are pruned only by jobs/lua/cancel.lua, when a cancel meets them",
-    "rq:job:<id> (status canceled)": "jobs/lua/cancel.lua: a queued job cancelled gets status canceled and "
-                                     "no TTL, and nothing deletes its hash",
 }
 # RQ job hashes are queued work (no TTL) until their job ends.
 UNFINISHED_STATUSES = {b"queued", b"started", b"deferred", b"scheduled"}
