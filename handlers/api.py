@@ -16,6 +16,7 @@ import protocol
 from handlers import origins
 from handlers.context import ServiceContext
 from handlers.errors import JsonRequestHandler
+from handlers.limits import RequestRate
 from jobs.states import MISSING, JobState
 from protocol import ErrorCode, ProtocolError
 
@@ -64,7 +65,7 @@ class HttpRequests:
     def in_flight(self) -> int:
         return self.asking + self.context.delivery.waits_of(self)
 
-    def send(self, frame) -> int:
+    def send(self, frame, ref=None) -> int:
         return 0  # the client fetches the result with GET /api/tasks/<id>
 
     def delivered(self, task_id: str, outcome: str) -> None:
@@ -179,6 +180,7 @@ class TaskApiHandler(_ApiHandler):
         """Cancel: an HTTP client waits for nothing, so the job stops unless someone else waits for it."""
         try:
             request = protocol.parse_message({"type": "cancel", "task_id": task_id}, self.context.settings.max_number)
+            await RequestRate.of(self.context.jobs).admit(self.identity.client)  # enqueues nothing, but costs Redis
             outcome = await self.context.jobs.cancel(request.task_id, self.context.delivery.server_id, False)
         except ProtocolError as err:
             self.reply_error(err)

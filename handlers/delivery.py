@@ -48,8 +48,9 @@ WRITE_SLICE_BYTES = 4 * 1024 * 1024
 
 
 class Subscriber(Hashable, Protocol):
-    def send(self, frame: bytes | str) -> int:
-        """Write one frame; return the bytes written, 0 if the connection is gone."""
+    def send(self, frame: bytes | str, ref=None) -> int:
+        """Send one frame, with ``ref`` added (protocol.with_ref) when given; return its size, 0 if the
+        connection is gone (nothing more is sent to it)."""
 
 
 class ResultDelivery:
@@ -59,6 +60,8 @@ class ResultDelivery:
         self.outage = False
         self._waiting: dict[str, dict[Subscriber, list]] = {}
         self._by_subscriber: dict[Subscriber, set[str]] = {}
+        # Requests each subscriber waits with: every repeat of a task counts (handlers/limits.py).
+        self._refs: dict[Subscriber, int] = {}
         self._started: set[str] = set()  # jobs whose start was already pushed
         self._recent: OrderedDict[str, tuple[Event, float]] = OrderedDict()
         self._cursor: str | None = None
@@ -88,6 +91,7 @@ class ResultDelivery:
             self._waits_removed.discard(task_id)
         self._waiting.setdefault(task_id, {}).setdefault(subscriber, []).append(ref)
         self._by_subscriber.setdefault(subscriber, set()).add(task_id)
+        self._refs[subscriber] = self._refs.get(subscriber, 0) + 1
         if state == STARTED:
             self._started.add(task_id)
         recent = self._recent.get(task_id)
@@ -97,6 +101,7 @@ class ResultDelivery:
 
     def forget(self, subscriber: Subscriber) -> None:
         """Drop every wait of a closed connection."""
+        self._refs.pop(subscriber, None)
         for task_id in self._by_subscriber.pop(subscriber, ()):
             waiters = self._waiting.get(task_id)
             if waiters is not None:
@@ -117,9 +122,16 @@ class ResultDelivery:
                 del self._by_subscriber[subscriber]
         waiters = self._waiting.get(task_id)
         if waiters is not None:
-            waiters.pop(subscriber, None)
+            self._drop_refs(subscriber, len(waiters.pop(subscriber, ())))
             if not waiters:
                 self._no_more_waits(task_id)
+
+    def _drop_refs(self, subscriber: Subscriber, count: int) -> None:
+        left = self._refs.get(subscriber, 0) - count
+        if left > 0:
+            self._refs[subscriber] = left
+        else:
+            self._refs.pop(subscriber, None)
 
     def _no_more_waits(self, task_id: str) -> None:
         del self._waiting[task_id]
@@ -128,7 +140,8 @@ class ResultDelivery:
         self._waits_added.discard(task_id)
 
     def waits_of(self, subscriber: Subscriber) -> int:
-        return len(self._by_subscriber.get(subscriber, ()))
+        """Requests ``subscriber`` waits with: a task asked for three times counts three."""
+        return self._refs.get(subscriber, 0)
 
     @property
     def waiting_jobs(self) -> int:
@@ -260,7 +273,8 @@ class ResultDelivery:
         self._started.add(task_id)
         for subscriber, refs in list(self._waiting[task_id].items()):
             for ref in refs:
-                subscriber.send(protocol.status(task_id, STARTED, ref))
+                if not subscriber.send(protocol.status(task_id, STARTED, ref)):
+                    break  # gone: build no more frames for it
 
     async def _finish(self, task_id: str, answer: bytes | ProtocolError) -> None:
         waiters = self._waiting.pop(task_id, None)
@@ -276,14 +290,24 @@ class ResultDelivery:
                 ids.discard(task_id)
                 if not ids:
                     del self._by_subscriber[subscriber]
+            self._drop_refs(subscriber, len(refs))
             failed = isinstance(answer, ProtocolError)
             for ref in refs:
-                self._slice_bytes += subscriber.send(protocol.error(answer, ref) if failed
-                                                     else protocol.with_ref(answer, ref))
-                self._slice_frames += 1
+                # One frame per ref (each carries its ref). A success goes as the one
+                # stored message and its ref: the copy with the ref is made as it
+                # leaves (handlers/outbox.py), so many refs never hold many copies.
+                sent = subscriber.send(protocol.error(answer, ref)) if failed else subscriber.send(answer, ref)
+                await self._after_frame(sent)
+                if not sent:
+                    break
             delivered = getattr(subscriber, "delivered", None)
             if delivered is not None:  # metrics: the socket handler times its own requests
                 delivered(task_id, answer.code.value if failed else "success")
-            if self._slice_frames >= WRITE_SLICE_FRAMES or self._slice_bytes >= WRITE_SLICE_BYTES:
-                self._slice_frames = self._slice_bytes = 0
-                await asyncio.sleep(0)
+
+    async def _after_frame(self, size: int) -> None:
+        """Count a frame written (``size`` 0: not written); give the loop a turn after a slice of them."""
+        self._slice_frames += 1
+        self._slice_bytes += size
+        if self._slice_frames >= WRITE_SLICE_FRAMES or self._slice_bytes >= WRITE_SLICE_BYTES:
+            self._slice_frames = self._slice_bytes = 0
+            await asyncio.sleep(0)

@@ -10,11 +10,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from rq import Worker
 
+import protocol
 from handlers.context import ServiceContext
 from handlers.errors import JsonRequestHandler
 from handlers.redis_watch import RedisWatch
+from handlers.identity import client_of
+from handlers.limits import RequestRate
 from jobs.client import OUTAGE_ERRORS
 from jobs.store import JobStore
+from protocol import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +50,47 @@ def read_queue_lengths(store: JobStore) -> dict[str, int]:
     return store.jobs_waiting()
 
 
-class HealthHandler(JsonRequestHandler):
+class _CountedPage(JsonRequestHandler):
+    """A page whose every request counts against its client's request rate: each one costs Redis round trips."""
+
+    def initialize(self, context: ServiceContext) -> None:
+        self.context = context
+
+    async def prepare(self) -> None:
+        try:
+            await RequestRate.of(self.context.jobs).admit(self._client())
+        except ProtocolError as err:
+            self.set_status(429)
+            self.set_header("Content-Type", "application/json")
+            self.set_header("Retry-After", "1")  # seconds: the rate's bucket refills within one
+            self.finish(protocol.error(err))
+
+    def _client(self) -> str:
+        """The client fair share counts this request under; a probe needs no API key, so without one, its address."""
+        identifier = self.context.identifier
+        try:
+            return identifier.identify(self.request).client
+        except ProtocolError:
+            return client_of(identifier.address(self.request.remote_ip or "", self.request.headers),
+                             identifier.ipv6_prefix)
+
+
+class HealthHandler(_CountedPage):
     """200 when Redis answers and every queue has a worker, else 503: a load balancer's probe."""
 
     def initialize(self, context: ServiceContext, watch: RedisWatch) -> None:
-        self.context = context
+        super().initialize(context)
         self.watch = watch
+
+    async def prepare(self) -> None:
+        # The rate count asks Redis through the job client's threads: skipped
+        # while Redis is silent, and given up on after half the budget, so a
+        # balancer's check never waits for a socket timeout.
+        if self.watch.silent_for() < self.context.settings.redis_unavailable_s:
+            try:
+                await asyncio.wait_for(super().prepare(), HEALTH_BUDGET_S / 2)
+            except asyncio.TimeoutError:
+                pass  # not counted, as in an outage
 
     async def get(self) -> None:
         health = await self._read()
@@ -75,11 +114,8 @@ class HealthHandler(JsonRequestHandler):
             return {"redis": False, "error": f"Redis did not answer within {HEALTH_BUDGET_S} s", "queues": {}}
 
 
-class MetricsHandler(JsonRequestHandler):
+class MetricsHandler(_CountedPage):
     """Prometheus text format; queue lengths are left out when Redis cannot be reached."""
-
-    def initialize(self, context: ServiceContext) -> None:
-        self.context = context
 
     async def get(self) -> None:
         try:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import weakref
 from typing import Callable, Protocol
 
+from jobs.client import OUTAGE_ERRORS, JobClient, RedisFull
+from jobs.quota import Admission, QuotaStore, refusal
 from protocol import ErrorCode, ProtocolError
 from settings import Settings
 
@@ -113,3 +117,50 @@ class ClientCounts:
             members = self._members.get(client, {})
             counts[client] = (sum(members.values()), sum(m.in_flight() for m in members))
         return counts
+
+
+class RequestRate:
+    """Counts requests that start no job (HTTP cancels, ``/healthz``, ``/metrics``) against their client's rate.
+
+    Factorial requests and lookups are counted by the job client, in their own
+    round trip (jobs/quota.py). These ask Redis on their own, for the rate
+    only: a client at its in-flight limit can still cancel, and a request that
+    enqueues nothing holds no place in flight. They count under a name of
+    their own, so they never write this server's counts or renew its lease.
+    """
+
+    def __init__(self, jobs: JobClient):
+        self._jobs = jobs
+        self._quota: QuotaStore | None = None
+        quota = jobs.quota
+        if quota is not None and quota.settings.client_max_requests_per_s:
+            rate_only = dataclasses.replace(quota.settings, client_max_connections=0, client_max_in_flight=0)
+            self._quota = QuotaStore(quota.redis, rate_only, f"{quota.server_id}:rate")
+
+    @classmethod
+    def of(cls, jobs: JobClient) -> "RequestRate":
+        """The one ``RequestRate`` of this job client (made on first use)."""
+        rate = _rates.get(jobs)
+        if rate is None:
+            rate = _rates[jobs] = cls(jobs)
+        return rate
+
+    async def admit(self, client: str) -> None:
+        """Count one request of ``client``; raise ``rate_limited`` over its rate.
+
+        When Redis cannot say (unreachable, or full: no write to count with),
+        the request goes ahead: it meets the outage itself and answers
+        accordingly (``/healthz`` must answer then most of all).
+        """
+        if self._quota is None:
+            return
+        try:
+            _, (verdict,) = await self._jobs.run(self._quota.exchange, {}, [Admission(client, "requests", 1)])
+        except (*OUTAGE_ERRORS, RedisFull):
+            return
+        if not verdict.admitted:
+            raise refusal(verdict.limit, self._quota.settings)
+
+
+# One RequestRate per job client, that is per application, dropped with it.
+_rates: "weakref.WeakKeyDictionary[JobClient, RequestRate]" = weakref.WeakKeyDictionary()

@@ -24,6 +24,11 @@ class Metrics:
             "factorial_jobs_accepted", "Factorial requests accepted, by queue and state at acceptance",
             ["queue", "status"], registry=self.registry,
         )
+        self.closed_unread = Counter(
+            "factorial_connections_closed_unread",
+            "WebSocket connections closed with 1008 because their unsent bytes passed CLIENT_MAX_UNSENT_BYTES",
+            registry=self.registry,
+        )
         self.delivered = Counter(
             "factorial_results_delivered", "Final answers sent (success, or the error code), pushed or at once",
             ["outcome"], registry=self.registry,
@@ -53,6 +58,9 @@ class Metrics:
 
     def connection_closed(self) -> None:
         self.open_connections.dec()
+
+    def connection_closed_unread(self) -> None:
+        self.closed_unread.inc()
 
     def job_accepted(self, queue: str, status: str) -> None:
         key = (queue or "unknown", status)

@@ -16,6 +16,7 @@ from handlers.errors import http_error
 from handlers.drain import SERVICE_RESTART, SERVICE_RESTART_TEXT
 from handlers.redis_watch import RedisWatch
 from handlers.limits import RequestBudget
+from handlers.outbox import UNREAD_CLOSE_CODE, UNREAD_CLOSE_TEXT, Outbox
 from jobs.states import MISSING, JobState
 from protocol import CancelRequest, ErrorCode, FactorialRequest, ProtocolError, Request, ResultRequest
 
@@ -34,6 +35,9 @@ class FactorialSocket(WebSocketHandler):
         # Transport), even when a later one is ready first.
         self._answers: deque[tuple[Request | None, asyncio.Future, float]] = deque()
         self._budget = RequestBudget(context.settings)
+        # Frames owed to the peer, written as fast as it reads them (handlers/outbox.py).
+        self._outbox = Outbox(context.settings.client_max_unsent_bytes, self._write, self._buffer_empty,
+                              emptied=self._close_if_done)
         # Metrics: when this connection first asked for each job it waits for.
         self._asked_at: dict[str, float] = {}
         # The close code and reason to send once every request is answered (drain: 1012, Redis lost: 1013).
@@ -116,6 +120,7 @@ class FactorialSocket(WebSocketHandler):
         self.watch.opened(self)
 
     def on_close(self) -> None:
+        self._outbox.drop()
         self.context.drain.closed(self)
         self.watch.closed(self)
         self.context.delivery.forget(self)
@@ -123,16 +128,18 @@ class FactorialSocket(WebSocketHandler):
         self.context.metrics.connection_closed()
 
     def on_message(self, frame):
-        if self._closing_when_answered and (self.ws_connection is None or self.ws_connection.is_closing()):
-            return None  # arrived after our 1012: no answer could reach the peer, so start no job
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return None  # arrived after our close (1012, 1008): no answer could reach the peer, so start no job
         request: Request | None = None
         try:
             try:
                 request = protocol.parse_request(frame, self.context.settings.max_number)
             finally:
                 # Every frame counts against the budget, bad ones too, so a
-                # flood of garbage is held back like any other.
-                self._budget.admit(self.in_flight())
+                # flood of garbage is held back like any other. A cancel only
+                # against the rate: it is how a client at its in-flight limit
+                # makes room.
+                self._budget.admit(0 if isinstance(request, CancelRequest) else self.in_flight())
         except ProtocolError as err:
             self._queue_answer(request, _failed_future(err if request is None else err.with_ref(request.ref)))
             if err.code == ErrorCode.RATE_LIMITED:
@@ -150,16 +157,44 @@ class FactorialSocket(WebSocketHandler):
         else:
             self._queue_answer(request, self.context.jobs.lookup(request.task_id, self.client))
 
-    def send(self, frame: bytes | str) -> int:
-        """Write one frame; return its size, or 0 (and forget this connection) if it is closed."""
+    def send(self, frame: bytes | str, ref=None) -> int:
+        """Send one frame (``ref`` added to it, protocol.with_ref, when it is written); return its size,
+        or 0 (and forget this connection) if it is closed.
+
+        Frames leave in order, as fast as the peer reads them. A peer owed more
+        than ``CLIENT_MAX_UNSENT_BYTES`` is closed with 1008 (protocol: Transport).
+        """
+        sent = self._outbox.send(frame, ref)
+        if self._outbox.over_limit:
+            self._close_unread()
+            return 0
+        if not sent:
+            self.context.delivery.forget(self)
+        return sent
+
+    def _write(self, frame: bytes | str) -> asyncio.Future | None:
+        """Hand one frame to Tornado (the outbox's way out); None once the connection is closed."""
         try:
             written = self.write_message(frame)
         except WebSocketClosedError:
-            self.context.delivery.forget(self)
-            return 0
-        # A peer that goes away mid-write fails this future: expected, not an error.
+            return None
         written.add_done_callback(_ignore_closed)
-        return len(frame)
+        return written
+
+    def _buffer_empty(self) -> bool:
+        # IOStream.writing() (public) says whether Tornado's write buffer holds anything.
+        connection = self.ws_connection
+        return connection is None or connection.stream is None or not connection.stream.writing()
+
+    def _close_unread(self) -> None:
+        """Close a connection that does not read what it is sent: 1008, and nothing more goes to it."""
+        log.warning("closing a connection of %s that does not read: %d bytes owed (CLIENT_MAX_UNSENT_BYTES=%d)",
+                    self.client, self._outbox.unsent, self._outbox.limit)
+        self._outbox.drop()
+        self.context.metrics.connection_closed_unread()
+        self.context.delivery.forget(self)
+        self.close(UNREAD_CLOSE_CODE, UNREAD_CLOSE_TEXT)
+        self.context.counts.changed(self.client)
 
     # --- answering in order ---------------------------------------------------
 
@@ -180,14 +215,17 @@ class FactorialSocket(WebSocketHandler):
                 log.exception("Answering %r failed", request)
                 self.send(protocol.error(ProtocolError(ErrorCode.JOB_FAILED, "internal error", ref=request.ref)))
         self.context.counts.changed(self.client)
-        if self._closing_when_answered and not self._answers:
-            self.close(*self._closing_when_answered)
+        self._close_if_done()
 
     def close_when_answered(self, code: int = SERVICE_RESTART, reason: str = SERVICE_RESTART_TEXT) -> None:
         """Close with ``code`` (1012 by default: the server restarts) once every frame received so far is answered."""
         if self._closing_when_answered is None:  # the first reason given stands
             self._closing_when_answered = (code, reason)
-        if not self._answers:
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        """Close as close_when_answered asked, once every answer is answered and handed to Tornado."""
+        if self._closing_when_answered and not self._answers and self._outbox.empty:
             self.close(*self._closing_when_answered)
 
     def _answer(self, request: Request, state: JobState, asked_at: float) -> None:
@@ -211,7 +249,7 @@ class FactorialSocket(WebSocketHandler):
             if state.status != MISSING:
                 self.delivered(state.task_id, answer.code.value)
         elif answer is not None:
-            self.send(protocol.with_ref(answer, ref))
+            self.send(answer, ref)  # the stored message: its copy with the ref is made as it leaves
             self.delivered(state.task_id, "success")
         else:
             if isinstance(request, ResultRequest):
@@ -232,6 +270,7 @@ class FactorialSocket(WebSocketHandler):
 
 
 def _ignore_closed(written: asyncio.Future) -> None:
+    # A peer that goes away mid-write fails this future: expected, not an error.
     if not written.cancelled() and not isinstance(written.exception(), (WebSocketClosedError, type(None))):
         log.error("Writing a frame failed", exc_info=written.exception())
 

@@ -1,0 +1,350 @@
+"""What a connection may hold of the server: unsent bytes (CLIENT_MAX_UNSENT_BYTES), requests in flight
+counted per request, and the rate of requests that start no job.
+
+Real redis-server, real rq worker, real sockets. The client that never reads
+is a bare socket that does the WebSocket handshake and then only writes, with
+a small receive buffer, against ``python server.py`` run as a process of its
+own, so that the server's memory (VmRSS) is measured alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import socket
+import struct
+import time
+from concurrent.futures import Future
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from handlers.outbox import ENTRY_BYTES, HIGH_WATER_BYTES, UNREAD_CLOSE_CODE, Outbox
+from settings import Settings
+from tests.conftest import ServedApp, WorkerProcess
+from tests.helpers import Client, async_wait_until
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+BIG = 100_000  # 100000! is 456,574 digits: a 456 KB success message
+HARD = 200_000  # with no worker running, its job stays queued
+
+
+# --- the outbox, alone ------------------------------------------------------------
+
+class FakeStream:
+    """Tornado's side of the outbox: each write's future ends when the test says the socket took it."""
+
+    def __init__(self):
+        self.frames: list = []
+        self.pending: list[Future] = []
+        self.open = True
+
+    def write(self, frame):
+        if not self.open:
+            return None
+        self.frames.append(frame)
+        self.pending.append(Future())
+        return self.pending[-1]
+
+    def buffer_empty(self) -> bool:
+        return not self.pending
+
+    def take(self, count: int = 1) -> None:
+        for _ in range(count):
+            self.pending.pop(0).set_result(None)
+
+
+def success(size: int) -> bytes:
+    return b'{"type":"success","result":"' + b"7" * size + b'"}'
+
+
+def test_frames_wait_beyond_the_high_water_mark_and_leave_in_order_as_the_socket_takes_them():
+    stream = FakeStream()
+    outbox = Outbox(limit=1000, write=stream.write, buffer_empty=stream.buffer_empty)
+    assert outbox.high_water == 500
+    for i in range(6):
+        assert outbox.send(f'{{"i":{i},"pad":"{"x" * 130}"}}') == 146
+    assert len(stream.frames) == 3 and not outbox.empty  # a fourth 146 bytes would pass 500
+    stream.take(3)
+    assert len(stream.frames) == 6 and outbox.empty
+    assert [json.loads(f)["i"] for f in stream.frames] == list(range(6))
+
+
+def test_one_result_owed_to_many_refs_is_held_once_and_each_frame_carries_its_ref():
+    stream = FakeStream()
+    outbox = Outbox(limit=64 * 1024, write=stream.write, buffer_empty=stream.buffer_empty)
+    result = success(20_000)
+    for ref in range(100):
+        outbox.send(result, ref)
+    # 2,000,000 bytes owed, 20 KB held: one message, and a ref per frame waiting.
+    assert len(stream.frames) == 1 and outbox.unsent < 2 * len(result) + 100 * ENTRY_BYTES
+    assert not outbox.over_limit
+    while stream.pending:
+        stream.take()
+    assert [json.loads(f)["ref"] for f in stream.frames] == list(range(100))
+
+
+def test_owing_more_than_the_limit_is_over_it_but_a_big_frame_alone_is_not():
+    stream = FakeStream()
+    outbox = Outbox(limit=1000, write=stream.write, buffer_empty=stream.buffer_empty)
+    outbox.send(success(5000))  # bigger than the limit, into an empty buffer: it goes
+    assert len(stream.frames) == 1 and not outbox.over_limit
+    outbox.send(success(10))  # waits behind it: now more is owed than the limit
+    assert outbox.over_limit
+    outbox.drop()
+    assert outbox.send(success(10)) == 0 and outbox.unsent < 6000
+
+
+def test_a_closed_connection_drops_what_waits():
+    stream = FakeStream()
+    outbox = Outbox(limit=0, write=stream.write, buffer_empty=stream.buffer_empty)
+    assert outbox.high_water == HIGH_WATER_BYTES  # 0: no limit, still paced
+    stream.open = False
+    assert outbox.send(success(10)) == 0 and outbox.closed
+
+
+# --- a client that never reads -----------------------------------------------------
+
+class SilentClient:
+    """A WebSocket client on a bare socket: the handshake, then it writes requests and reads nothing."""
+
+    def __init__(self, port: int, receive_buffer: int = 4096):
+        self.sock = socket.socket()
+        # Before connect, so the window it offers the server stays small.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(5)
+        self.sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        self.received = b""
+        while b"\r\n\r\n" not in self.received:
+            chunk = self.sock.recv(4096)
+            assert chunk and len(self.received) < 65536, f"handshake failed: {self.received!r}"
+            self.received += chunk
+        head, self.received = self.received.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.sock.setblocking(False)
+
+    @staticmethod
+    def frame(message: dict) -> bytes:
+        """A masked text frame (RFC 6455, section 5.2: a client masks every frame)."""
+        payload = json.dumps(message).encode()
+        mask = os.urandom(4)
+        length = len(payload)
+        header = struct.pack("!BB", 0x81, 0x80 | length) if length < 126 else struct.pack("!BBH", 0x81, 0xFE, length)
+        return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+    async def send(self, message: dict) -> None:
+        await asyncio.get_running_loop().sock_sendall(self.sock, self.frame(message))
+
+    def read_to_close(self, timeout: float) -> tuple[int, str]:
+        """Now read everything: skip the messages, return the close frame's code and reason. Blocking."""
+        self.sock.setblocking(True)
+        self.sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        data = bytearray(self.received)
+        position = 0
+        while time.monotonic() < deadline:
+            while True:  # every whole frame in hand (a server does not mask)
+                if len(data) - position < 2:
+                    break
+                opcode, length = data[position] & 0x0F, data[position + 1] & 0x7F
+                start = position + 2
+                if length == 126:
+                    length, start = struct.unpack_from("!H", data, start)[0], start + 2
+                elif length == 127:
+                    length, start = struct.unpack_from("!Q", data, start)[0], start + 8
+                if len(data) < start + length:
+                    break
+                if opcode == 0x8:
+                    code = struct.unpack_from("!H", data, start)[0]
+                    return code, bytes(data[start + 2 : start + length]).decode()
+                position = start + length
+            del data[:position]
+            position = 0
+            chunk = self.sock.recv(1 << 20)
+            assert chunk, "the connection ended without a close frame"
+            data += chunk
+        raise AssertionError(f"no close frame within {timeout} s")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def metric(body: bytes, name: str) -> float:
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    return 0.0
+
+
+@pytest.fixture
+def budget_server(redis_url):
+    server = ServedApp(redis_url, client_max_unsent_bytes=8 * MIB).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.gen_test(timeout=120)
+async def test_a_client_that_never_reads_is_closed_with_1008_within_the_budget_and_others_stay_fast(
+        budget_server, worker):
+    server = budget_server
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    # Others are other clients (other loopback addresses): the silent one's rate is its own.
+    other = await Client.connect(HTTPRequest(url, network_interface="127.0.0.2"))
+    _, stored = await other.factorial(BIG, timeout=60)
+    assert stored["digits"] == 456_574
+    await other.factorial(5)
+
+    async def closed_unread() -> float:
+        response = await AsyncHTTPClient().fetch(HTTPRequest(f"http://127.0.0.1:{server.port}/metrics",
+                                                             network_interface="127.0.0.3"))
+        return metric(response.body, "factorial_connections_closed_unread_total")
+
+    assert await closed_unread() == 0
+    before = server.rss_kib()
+    peak = before
+    silent = SilentClient(server.port)
+    latencies: list[float] = []
+    try:
+        async def ask_without_reading() -> None:
+            for i in range(2000):  # about 200 a second, its per-connection rate, for at most 10 s
+                await silent.send({"type": "factorial", "number": BIG, "ref": i})
+                await asyncio.sleep(0.005)
+
+        async def time_other_client() -> None:
+            while True:
+                began = time.perf_counter()
+                ack, done = await other.factorial(5)
+                latencies.append(time.perf_counter() - began)
+                assert ack["status"] == "finished" and done["result"] == 120
+
+        asking = asyncio.ensure_future(ask_without_reading())
+        timing = asyncio.ensure_future(time_other_client())
+        deadline = time.monotonic() + 20
+        closed = False
+        while not (closed and len(latencies) >= 50):
+            assert time.monotonic() < deadline, f"not closed within 20 s (RSS {server.rss_kib()} KiB)"
+            assert not timing.done() or timing.result()  # re-raises the timing client's failure
+            peak = max(peak, server.rss_kib())
+            # Bounded as it goes: a server that buffers without limit fails here, not out of memory.
+            assert peak - before < 64 * 1024, f"RSS grew by {peak - before} KiB"
+            closed = closed or await closed_unread() >= 1
+            await asyncio.sleep(0.02)
+        asking.cancel()
+        timing.cancel()
+        # Its close frame waits behind what it was sent: reading now finds it.
+        code, reason = await asyncio.get_running_loop().run_in_executor(None, silent.read_to_close, 4.0)
+    finally:
+        silent.close()
+        other.close()
+    latencies.sort()
+    p95 = latencies[int(0.95 * (len(latencies) - 1))]
+    log.info("never-reading client closed with %d (%r); server RSS %d KiB before, peak %d KiB (+%d KiB, budget "
+             "8 MiB); other client's 5!: %d requests, median %.1f ms, p95 %.1f ms", code, reason, before, peak,
+             peak - before, len(latencies), 1000 * latencies[len(latencies) // 2], 1000 * p95)
+    assert code == UNREAD_CLOSE_CODE and "CLIENT_MAX_UNSENT_BYTES" in reason
+    assert peak - before < 8 * 1024 + 8 * 1024, f"RSS grew by {peak - before} KiB with a budget of 8 MiB"
+    assert p95 < 0.1, f"p95 of 5! was {p95 * 1000:.1f} ms"
+
+
+# --- a client that reads gets everything it asked for ---------------------------------
+
+@pytest.fixture
+def settings(redis_url, request):
+    overrides = getattr(request, "param", {})
+    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2, **overrides)
+
+
+@pytest.mark.slow
+@pytest.mark.gen_test(timeout=90)
+@pytest.mark.parametrize("settings", [{"client_max_unsent_bytes": 2 * MIB}], indirect=True)
+async def test_a_client_that_reads_gets_a_big_result_for_each_of_its_refs_whatever_the_budget(
+        settings, app, ws_url, redis_url):
+    client = await Client.connect(ws_url)
+    refs = range(40)  # 40 x 456 KB: 18 MB owed at once, nine times the budget
+    try:
+        for ref in refs:
+            ack = await client.ask({"type": "factorial", "number": BIG + 1, "ref": ref})
+            assert ack["type"] == "result" and ack["status"] == "queued", ack
+        worker = WorkerProcess(redis_url).start()
+        try:
+            got = {}
+            while len(got) < len(refs):
+                message = await client.receive(timeout=60)
+                if message["type"] == "success":
+                    got[message["ref"]] = message["digits"]
+        finally:
+            worker.stop()
+        assert got == {ref: 456_579 for ref in refs}
+        assert app.context.metrics.closed_unread._value.get() == 0
+    finally:
+        client.close()
+
+
+# --- every request counts -------------------------------------------------------------
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("settings", [{"max_in_flight": 3}], indirect=True)
+async def test_repeats_of_a_task_the_connection_waits_for_count_toward_its_in_flight_limit(settings, app, ws_url):
+    client = await Client.connect(ws_url)
+    try:
+        acks = [await client.ask({"type": "factorial", "number": HARD, "ref": ref}) for ref in range(3)]
+        assert {a["type"] for a in acks} == {"result"} and len({a["task_id"] for a in acks}) == 1
+        refused = await client.ask({"type": "factorial", "number": HARD, "ref": 3})
+        assert refused["code"] == "rate_limited" and "in flight" in refused["result"] and refused["ref"] == 3
+        # A lookup of it is a request too; withdrawing the waits makes room again.
+        assert (await client.ask({"type": "result", "task_id": acks[0]["task_id"]}))["code"] == "rate_limited"
+        cancelled = await client.ask({"type": "cancel", "task_id": acks[0]["task_id"]})
+        assert cancelled["type"] == "cancelled"
+        assert (await client.ask({"type": "factorial", "number": HARD, "ref": 4}))["type"] == "result"
+    finally:
+        client.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("settings", [{"client_max_in_flight": 2}], indirect=True)
+async def test_repeats_of_a_task_over_http_count_toward_the_clients_in_flight_limit(settings, app, http_client,
+                                                                                   base_url):
+    async def post():
+        response = await http_client.fetch(base_url + "/api/factorial", method="POST",
+                                           body=json.dumps({"number": HARD}), raise_error=False)
+        return response.code, json.loads(response.body)
+
+    assert [(await post())[0] for _ in range(2)] == [202, 202]
+    code, body = await post()
+    assert code == 429 and body["code"] == "rate_limited" and "at most 2 unanswered" in body["result"]
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("settings", [{"client_max_requests_per_s": 5, "api_keys": (
+    "get:key-get", "delete:key-delete", "health:key-health", "metrics:key-metrics")}], indirect=True)
+async def test_lookups_cancels_health_and_metrics_count_against_the_clients_request_rate(settings, app, http_client,
+                                                                                       base_url):
+    task_id = "0123456789abcdef0123456789abcdef"
+    # Each kind under a key of its own: a bucket of its own, 5 requests of burst.
+    kinds = {"get": ("GET", f"/api/tasks/{task_id}"), "delete": ("DELETE", f"/api/tasks/{task_id}"),
+             "health": ("GET", "/healthz"), "metrics": ("GET", "/metrics")}
+    for name, (method, path) in kinds.items():
+        codes = []
+        for _ in range(10):
+            response = await http_client.fetch(base_url + path, method=method, raise_error=False,
+                                               headers={"X-API-Key": f"key-{name}"})
+            codes.append(response.code)
+            if response.code == 429:
+                body = json.loads(response.body)
+                assert body["code"] == "rate_limited" and "at most 5 per second" in body["result"], body
+                assert response.headers["Retry-After"] == "1"
+        refused = codes.count(429)
+        # 10 asked well within 2 s: the burst of 5 and at most a few refilled tokens pass.
+        assert 5 <= len(codes) - refused <= 8 and refused >= 2, (name, codes)
