@@ -92,6 +92,9 @@ class Settings:
     client_max_connections: int = 100
     client_max_in_flight: int = 500
     client_max_requests_per_s: int = 200
+    # Jobs one client made that wait for their turn (not yet started), counted
+    # in Redis across its connections and servers; disconnecting frees none.
+    client_max_queued: int = 1000
     # Bytes written to one connection that its socket has not taken yet; past
     # it the connection is closed with 1008 (a client that does not read).
     # 0 means no limit.

@@ -18,6 +18,7 @@ from handlers.context import ServiceContext
 from handlers.errors import JsonRequestHandler
 from handlers.limits import RequestRate
 from jobs.states import MISSING, JobState
+from jobs.store import ANONYMOUS
 from protocol import ErrorCode, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class FactorialApiHandler(_ApiHandler):
         try:
             if counted:
                 counted.asking += 1
-            state = await self.context.jobs.submit(request.number, client)
+            state = await self.context.jobs.submit(request.number, client, hold=True)
         except ProtocolError as err:
             self.reply_error(err, request.ref)
             return
@@ -177,11 +178,23 @@ class TaskApiHandler(_ApiHandler):
             self.reply(200, answer)
 
     async def delete(self, task_id: str) -> None:
-        """Cancel: an HTTP client waits for nothing, so the job stops unless someone else waits for it."""
+        """Cancel: withdraw this client's hold (from its POST); the job stops only if no one else waits for it."""
         try:
             request = protocol.parse_message({"type": "cancel", "task_id": task_id}, self.context.settings.max_number)
             await RequestRate.of(self.context.jobs).admit(self.identity.client)  # enqueues nothing, but costs Redis
-            outcome = await self.context.jobs.cancel(request.task_id, self.context.delivery.server_id, False)
+            # Withdraws this client's own hold only; connections of this server
+            # that wait for the task keep it going (protocol: a cancel withdraws
+            # only the canceller's wait).
+            delivery = self.context.delivery
+            client = self.identity.client or ANONYMOUS
+            counted = self.context.counts.http_member_of(client)
+            if counted is not None:
+                # Its POST's job is no longer in flight for it.
+                delivery.unwatch(request.task_id, counted)
+                counted.settle()
+            outcome = await self.context.jobs.cancel(request.task_id, delivery.server_id,
+                                                     delivery.others_wait(request.task_id, None),
+                                                     holder=client)
         except ProtocolError as err:
             self.reply_error(err)
             return

@@ -103,6 +103,10 @@ class ClientCounts:
             self.join(client, member, connection=False)
         return member
 
+    def http_member_of(self, client: str) -> Member | None:
+        """The member counting ``client``'s HTTP requests, if it has one now."""
+        return self._http.get(client)
+
     @property
     def active(self) -> bool:
         """Whether Redis holds (or should hold) any count of this process's."""

@@ -123,6 +123,7 @@ class JobClient:
         self._janitor = Janitor(store.redis)
         self._janitor_executor = ThreadPoolExecutor(1, thread_name_prefix="redis-janitor")
         self._submits: list[tuple[int, asyncio.Future, str | None]] = []
+        self._holds: set[tuple[int, str]] = set()
         self._lookups: list[tuple[str, asyncio.Future, str | None]] = []
         self._flushing = False
         self._dispatched_at = 0.0
@@ -145,13 +146,17 @@ class JobClient:
 
     # --- batched requests ---------------------------------------------------
 
-    def submit(self, number: int, client: str | None = None) -> "asyncio.Future[JobState]":
+    def submit(self, number: int, client: str | None = None, hold: bool = False) -> "asyncio.Future[JobState]":
         """The job for ``number!``; fails with ``ProtocolError`` (busy, unavailable, rate_limited).
 
         A request of a ``client`` counts against its per-client limits.
+        ``hold``: the client (an HTTP POST's) holds a wait on the task until
+        its own cancel or the result's expiry (jobs.store.JobStore.submit).
         """
         future = asyncio.get_running_loop().create_future()
         self._submits.append((number, future, client))
+        if hold:
+            self._holds.add((number, client or ANONYMOUS))
         self._schedule_flush()
         return future
 
@@ -184,13 +189,14 @@ class JobClient:
         try:
             while self._submits or self._lookups or self._connections or self._lease_due:
                 submits, self._submits = self._submits, []
+                holds, self._holds = self._holds, set()
                 lookups, self._lookups = self._lookups, []
                 connections, self._connections = self._connections, []
                 admissions, counts = self._admissions(submits, lookups, connections)
                 try:
                     answers, states, verdicts, full = await self.run(
                         self._round_trip, counts, admissions,
-                        [(n, c) for n, _, c in submits], [(t, c) for t, _, c in lookups],
+                        [(n, c) for n, _, c in submits], [(t, c) for t, _, c in lookups], holds,
                     )
                 except OUTAGE_ERRORS:  # logged by self.outage
                     for _, future, _ in submits + lookups:
@@ -262,7 +268,7 @@ class JobClient:
             return None, None  # nothing to ask or to tell
         return admissions, counts
 
-    def _round_trip(self, counts, admissions, submits, lookups):
+    def _round_trip(self, counts, admissions, submits, lookups, holds=frozenset()):
         """One thread call: the limits' verdicts, then the admitted requests' jobs and states.
 
         A Redis at its maxmemory (only queued work left, nothing to evict)
@@ -299,7 +305,8 @@ class JobClient:
         task_ids = [t for t, client in lookups if admitted(client)]
         if full is None:
             try:
-                answers = self.store.submit([n for n, _ in submitted], [client for _, client in submitted])
+                answers = self.store.submit([n for n, _ in submitted], [client for _, client in submitted],
+                                            holds & set(submitted))
             except ResponseError as exc:
                 if not out_of_memory(exc):
                     raise
@@ -339,14 +346,14 @@ class JobClient:
 
     # --- direct calls ---------------------------------------------------------
 
-    def cancel(self, task_id: str, server_id: str, others_here: bool) -> "asyncio.Future[str]":
+    def cancel(self, task_id: str, server_id: str, others_here: bool, holder: str = "") -> "asyncio.Future[str]":
         """Cancel a task (jobs.store.JobStore.cancel): ``stopped``, ``continues`` or ``ended``;
-        fails with ``unknown_task_id``, or ``unavailable``."""
-        return asyncio.ensure_future(self._cancel(task_id, server_id, others_here))
+        fails with ``unknown_task_id``, or ``unavailable``. ``holder``: an HTTP client's identity."""
+        return asyncio.ensure_future(self._cancel(task_id, server_id, others_here, holder))
 
-    async def _cancel(self, task_id: str, server_id: str, others_here: bool) -> str:
+    async def _cancel(self, task_id: str, server_id: str, others_here: bool, holder: str = "") -> str:
         try:
-            outcome = await self.run(self.store.cancel, task_id, server_id, others_here)
+            outcome = await self.run(self.store.cancel, task_id, server_id, others_here, holder)
         except OUTAGE_ERRORS:
             raise unavailable() from None
         except RedisFull:

@@ -85,6 +85,11 @@ def pending_count(queue: str) -> str:
     return f"factorial:pending-count:{queue}"
 
 
+def http_holders(task_id: str) -> str:
+    """The clients (identities) whose HTTP POST waits for a task until their DELETE or its result expires."""
+    return f"factorial:http-holders:{task_id}"
+
+
 def cancelled(task_id: str) -> str:
     """Set when a task was cancelled and its job stopped: a lookup answers ``cancelled``."""
     return f"factorial:cancelled:{task_id}"

@@ -101,6 +101,7 @@ FIELDS = {
     "text": "factorial_text",  # ... and its text
     "client": "factorial_client",  # who made it: whose pending list it waits in
     "worker": "factorial_worker",  # the worker whose run owns a started job (a cancel tells it to stop)
+    "tickets": "factorial_tickets",  # other clients that asked for a pending job: a turn each, "\n"-separated
 }
 
 
@@ -113,6 +114,9 @@ def lua_preamble() -> str:
         "field": FIELDS,
         "outcome": {o.name: o.value for o in CancelOutcome},
         "payload_prefix": keys.payload(""),
+        "task_job_prefix": keys.task_job(""),
+        "batch_prefix": keys.batch_members(""),
+        "holders_prefix": keys.http_holders(""),
         "stream": keys.EVENTS_STREAM,
         "maxlen": keys.EVENTS_MAXLEN,
         "inline_payload": INLINE_PAYLOAD_BYTES,

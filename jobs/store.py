@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import NamedTuple, Sequence
+from datetime import datetime, timezone
+from typing import Collection, NamedTuple, Sequence
 
 from redis import Redis
 from redis.exceptions import NoScriptError
@@ -17,8 +18,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Callback, Queue
 from rq.command import send_command
 from rq.job import Job, JobStatus
-from rq.utils import now as rq_now
-from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from jobs import events, keys, rq_schema, scripts
 from jobs.lifecycle import FIELDS, State
@@ -62,7 +61,7 @@ class JobStore:
         self.queues = {name: Queue(name, connection=redis) for name in QUEUES}
         self._submit_script = scripts.load(redis, "lifecycle", "dispatch_lib", "submit")
         self._dispatch_script = scripts.load(redis, "lifecycle", "dispatch_lib", "dispatch")
-        self._cancel_script = scripts.load(redis, "lifecycle", "cancel")
+        self._cancel_script = scripts.load(redis, "lifecycle", "dispatch_lib", "cancel")
         # What the dispatcher needs to know of each queue (jobs/lua/dispatch_lib.lua).
         self._dispatch_queues = {
             name: {
@@ -70,8 +69,7 @@ class JobStore:
                 "pending": keys.pending(name),
                 "clients": keys.pending_clients(name),
                 "count": keys.pending_count(name),
-                "workers": WORKERS_BY_QUEUE_KEY % name,
-                "job_prefix": Job.redis_job_namespace_prefix,
+                "workers": rq_schema.workers_key(name),
                 # Batch jobs that later requests may join (jobs/lua/submit.lua).
                 "batch_size": settings.soft_batch_size if name == SOFT else 0,
                 "open": keys.open_batch(name),
@@ -81,19 +79,23 @@ class JobStore:
 
     # --- cancelling ---------------------------------------------------------
 
-    def cancel(self, task_id: str, server_id: str, others_here: bool) -> str:
+    def cancel(self, task_id: str, server_id: str, others_here: bool, holder: str = "") -> str:
         """Cancel a task for one connection of server ``server_id``: stopped, continues, ended or unknown.
 
-        The job is stopped only when no one else waits for it: not another
-        connection of this server (``others_here``), nor one of another live
-        server (shared with ``read_events``). A queued job is taken off its queue or pending
-        list; a running one's worker is told to stop it.
+        A cancel only withdraws the canceller's own wait. ``holder``: the
+        client of an HTTP DELETE, which withdraws that client's hold (from its
+        POST); a client that holds none changes nothing. The job is stopped
+        only when no one else waits for it: no HTTP holder, no other
+        connection of this server (``others_here``), none of another live
+        server (shared with ``read_events``). A queued job is taken off its
+        queue or pending list; a running one's worker is told to stop it.
         """
         spec = {
-            "task_id": task_id, "server": server_id, "others_here": others_here,
+            "task_id": task_id, "server": server_id, "others_here": others_here, "holder": holder,
             "ttl": self.settings.failure_ttl_s,
             "prefix": {"payload": keys.payload(""), "task_job": keys.task_job(""),
-                       "batch": keys.batch_members(""), "cancelled": keys.cancelled(""), "waits": keys.waits_of("")},
+                       "batch": keys.batch_members(""), "cancelled": keys.cancelled(""), "waits": keys.waits_of(""),
+                       "holders": keys.http_holders("")},
             "servers_key": keys.WAITING_SERVERS,
             "queues": self._dispatch_queues,
         }
@@ -125,8 +127,13 @@ class JobStore:
 
     # --- submitting -------------------------------------------------------
 
-    def submit(self, numbers: list[int], clients: Sequence[str] = ()) -> dict[int, JobState | ProtocolError]:
+    def submit(self, numbers: list[int], clients: Sequence[str] = (),
+               holds: Collection[tuple[int, str]] = ()) -> dict[int, JobState | ProtocolError]:
         """Give every number a job: the one already computing or computed, or a new one.
+
+        ``holds``: (number, client) pairs of HTTP requests: the client holds a
+        wait on the number's task (keys.http_holders) until its DELETE or the
+        result expires, so another client's cancel does not stop the job.
 
         ``clients[i]`` names who asked for ``numbers[i]`` (default: one
         anonymous client): a new job waits in its client's pending list, for
@@ -146,9 +153,10 @@ class JobStore:
             wanted.setdefault(number, client)
         if not wanted:
             return {}
-        return self._claim([(number, client, "") for number, client in wanted.items()])
+        return self._claim([(number, client, "") for number, client in wanted.items()], holds)
 
-    def _claim(self, numbers: list[tuple[int, str, str]]) -> dict[int, JobState | ProtocolError]:
+    def _claim(self, numbers: list[tuple[int, str, str]],
+               holds: Collection[tuple[int, str]] = ()) -> dict[int, JobState | ProtocolError]:
         """Run the submit script for (number, client, stale task id or "") triples."""
         # A batch holds one client's numbers only: it waits for that client's turn.
         groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
@@ -160,8 +168,10 @@ class JobStore:
                 jobs.append(self._new_job(name, client, chunk, fields))
         spec = {
             "prefix": {"payload": keys.payload(""), "task_job": keys.task_job(""), "by_number": keys.by_number(""),
-                       "batch": keys.batch_members(""), "job": Job.redis_job_namespace_prefix,
-                       "cancelled": keys.cancelled(""), "closed": keys.batch_closed("")},
+                       "batch": keys.batch_members(""), "cancelled": keys.cancelled(""),
+                       "closed": keys.batch_closed(""), "holders": keys.http_holders("")},
+            "holds": _holds_by_number(holds),
+            "max_queued": self.settings.client_max_queued,
             "queues_key": Queue.redis_queues_keys,
             "max_waiting": self.settings.max_queue_length,
             "queues": self._dispatch_queues,
@@ -179,6 +189,12 @@ class JobStore:
                 answers[number] = ProtocolError(
                     ErrorCode.BUSY,
                     f"the {queue} queue is full ({self.settings.max_queue_length} jobs); please retry later",
+                )
+            elif status == "limited":
+                answers[number] = ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"this client has {self.settings.client_max_queued} jobs waiting to start "
+                    "(CLIENT_MAX_QUEUED); retry once some have started",
                 )
             else:
                 answers[number] = JobState(task_id, status, queue, payload or None)
@@ -233,7 +249,7 @@ class JobStore:
             on_failure=ON_FAILURE,
         )
         job.origin = queue_name
-        job.enqueued_at = rq_now()
+        job.enqueued_at = datetime.now(timezone.utc)  # as RQ's enqueue stamps it
         mapping = job.to_dict()
         mapping["status"] = JobStatus.QUEUED.value
         first = len(fields) + 2  # ARGV is 1-based, and ARGV[1] is the spec
@@ -380,6 +396,8 @@ def _queue_waits(pipe, server_id: str, waits: Waits) -> None:
     key = keys.waits_of(server_id)
     added, removed = waits.added, waits.removed
     pipe.sadd(keys.WAITING_SERVERS, server_id)
+    # Outlives every member's waits; cancel.lua prunes members whose waits expired.
+    pipe.pexpire(keys.WAITING_SERVERS, int(waits.ttl_s * 1000))
     if waits.everything is not None:
         added, removed = set(), set()
         if waits.everything:
@@ -401,6 +419,13 @@ def _cancelled(task_id: str, fields: list) -> JobState:
     queue = fields[1].decode() if isinstance(fields[1], bytes) else (fields[1] or "")
     return JobState(task_id, FAILED, queue, error=ProtocolError(
         ErrorCode.CANCELLED, "the job was cancelled: no one else was waiting for it", task_id=task_id))
+
+
+def _holds_by_number(holds: Collection[tuple[int, str]]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for number, client in holds:
+        found.setdefault(str(number), []).append(client)
+    return found
 
 
 def _chunks(items: list, size: int) -> list[list]:

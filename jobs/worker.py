@@ -279,6 +279,15 @@ class LaneWorker(Worker):
             # Its end may not have reached Redis (RQ logs a failed write and goes on).
             self.settle_interrupted(job, queue, execution)
 
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        # A soft job runs in this process: there is no horse, and RQ's
+        # kill_horse would then kill this process's whole group. A soft job
+        # takes milliseconds; a cancel of one lets it end (its end is refused).
+        if not self.horse_pid:
+            self.log.info("No work horse to kill (a soft job runs in-process); the job is left to end")
+            return
+        super().kill_horse(sig)
+
     def _end_horse(self) -> None:
         """Make sure no horse still runs the job before it is put back."""
         if not self.horse_pid:

@@ -25,8 +25,14 @@ if LC.final[state] then
     return {'ended', ''}
 end
 
--- Does anyone else wait? Here (the caller knows), or on another live server.
-if spec.others_here then
+-- An HTTP client's DELETE withdraws the hold of its POST, and only that.
+local holders_key = prefix.holders .. task_id
+if spec.holder ~= '' and redis.call('SREM', holders_key, spec.holder) == 0 then
+    return {'continues', ''}  -- it holds no wait here: nothing to withdraw, nothing changes
+end
+-- Does anyone else wait? An HTTP client, a connection here (the caller
+-- knows), or one of another live server.
+if redis.call('SCARD', holders_key) > 0 or spec.others_here then
     return {'continues', ''}
 end
 for _, server in ipairs(redis.call('SMEMBERS', spec.servers_key)) do
@@ -55,6 +61,7 @@ if batch then
             end
         end
         redis.call('SET', prefix.cancelled .. task_id, '1', 'EX', spec.ttl)
+        redis.call('EXPIRE', LC.task_job_prefix .. task_id, spec.ttl)
         if redis.call('LLEN', members_key) > 0 then
             return {'stopped', job_id}  -- the batch runs without it
         end
@@ -65,8 +72,8 @@ redis.call('SET', prefix.cancelled .. task_id, '1', 'EX', spec.ttl)
 if not lc_move(job_key, LC.state.CANCELLED) then
     return {'ended', ''}
 end
--- Stopped jobs keep their hash only as long as a failure's (no key without a TTL).
-redis.call('EXPIRE', job_key, spec.ttl)
+-- A stopped job is kept only as long as a failure (no key without a TTL).
+lc_settle(job_id, {task_id}, spec.ttl)
 if state == LC.state.STARTED then
     return {'stop', job_id, worker}
 end
@@ -75,12 +82,9 @@ local q = spec.queues[origin]
 if q then
     if state == LC.state.QUEUED then
         redis.call('LREM', q.queue_key, 0, job_id)
-    elseif redis.call('LREM', q.pending .. client, 0, job_id) > 0 then
-        -- Out of every count at once: the dispatcher never meets it.
-        redis.call('DECR', q.count)
-        if redis.call('LLEN', q.pending .. client) == 0 then
-            redis.call('LREM', q.clients, 0, client)
-        end
+    else
+        -- Out of every list and count at once: the dispatcher never meets it.
+        drop_turns(q, job_key, job_id, nil)
     end
 end
 return {'stopped', job_id}

@@ -50,3 +50,18 @@ end
 local function lc_rq_status(job_key, status)
     redis.call('HSET', job_key, RQ.status, status)
 end
+
+-- A job has ended (finished, failed, cancelled): what held it together while
+-- it was queued work (its tasks' links to a batch job, the batch's member
+-- list, its hash) now expires with its answer. ttl 0: kept.
+local function lc_settle(job_id, task_ids, ttl)
+    if ttl <= 0 then
+        return
+    end
+    redis.call('EXPIRE', RQ.job_prefix .. job_id, ttl)
+    redis.call('EXPIRE', LC.batch_prefix .. job_id, ttl)
+    for _, task_id in ipairs(task_ids) do
+        redis.call('EXPIRE', LC.task_job_prefix .. task_id, ttl)
+        redis.call('EXPIRE', LC.holders_prefix .. task_id, ttl)
+    end
+end

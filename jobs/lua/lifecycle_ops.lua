@@ -36,6 +36,14 @@ if spec.op == 'finish' then
         end
     end
     lc_event(spec.task_ids, LC.state.FINISHED, '', '', payloads)
+    -- RQ sets the hash's own TTL as it records the success.
+    if spec.ttl > 0 then
+        redis.call('EXPIRE', LC.batch_prefix .. spec.job_id, spec.ttl)
+        for _, task_id in ipairs(spec.task_ids) do
+            redis.call('EXPIRE', LC.task_job_prefix .. task_id, spec.ttl)
+            redis.call('EXPIRE', LC.holders_prefix .. task_id, spec.ttl)
+        end
+    end
     return 1
 end
 
@@ -45,7 +53,7 @@ if spec.op == 'fail' then
     end
     redis.call('HDEL', job_key, F.run)
     redis.call('HSET', job_key, F.code, spec.code, F.text, spec.text)
-    redis.call('EXPIRE', job_key, spec.ttl)
+    lc_settle(spec.job_id, spec.task_ids, spec.ttl)
     lc_event(spec.task_ids, LC.state.FAILED, spec.code, spec.text)
     return 1
 end
@@ -86,7 +94,7 @@ if spec.op == 'run_lost' then
     local text = 'the job could not be computed: each of its ' .. runs ..
         ' runs ended its worker (' .. ends .. ')'
     redis.call('HSET', job_key, F.code, 'job_failed', F.text, text)
-    redis.call('EXPIRE', job_key, spec.ttl)
+    lc_settle(spec.job_id, spec.task_ids, spec.ttl)
     lc_event(spec.task_ids, LC.state.FAILED, 'job_failed', text)
     return 'failed'
 end

@@ -14,7 +14,8 @@
 -- ARGV[2..]: the new jobs' RQ hash fields and values (field, value, field, value, ...),
 --            built by RQ in Python (binary: they cannot travel in the JSON).
 -- Returns, per member in order: task_id, status, queue, payload, started_at, timeout
---   (status: "finished", "queued", "started", or "busy" when its queue is full;
+--   (status: "finished", "queued", "started", "busy" when its queue is full,
+--    or "limited" when its client has max_queued jobs waiting for their turn;
 --    "" where a field does not apply).
 --
 -- Keys are built here from their prefixes instead of being declared: the
@@ -32,18 +33,61 @@ local function live_state(task_id)
     end
     local payload = redis.call('GET', prefix.payload .. task_id)
     local job_id = redis.call('GET', prefix.task_job .. task_id) or task_id
-    local f = redis.call('HMGET', RQ.job_prefix .. job_id, LC_F.state, RQ.origin, 'started_at', 'timeout')
+    local f = redis.call('HMGET', RQ.job_prefix .. job_id, LC_F.state, RQ.origin, 'started_at', 'timeout',
+                         LC_F.client)
     local state, origin = f[1], f[2] or ''
     if payload then
         return {task_id, 'finished', origin, payload, '', ''}
     end
-    if state == LC.state.PENDING or state == LC.state.QUEUED then
+    if state == LC.state.PENDING then
+        return {task_id, 'queued', origin, '', '', ''}, {job_id = job_id, owner = f[5] or ''}
+    end
+    if state == LC.state.QUEUED then
         return {task_id, 'queued', origin, '', '', ''}
     end
     if state == LC.state.STARTED then
         return {task_id, 'started', origin, '', f[3] or '', tostring(f[4] or '')}
     end
     return nil
+end
+
+-- A request that joins a job still waiting for its maker's turn gets a turn
+-- of its own (a ticket in its client's list): the job goes at the first of
+-- their turns, and its other turns are dropped then (dispatch_lib.lua).
+local function give_turn(pending, client, origin)
+    local q = spec.queues[origin]
+    if not q or pending.owner == client then
+        return
+    end
+    local job_key = RQ.job_prefix .. pending.job_id
+    local tickets = redis.call('HGET', job_key, LC_F.tickets) or ''
+    if string.find('\n' .. tickets .. '\n', '\n' .. client .. '\n', 1, true) then
+        return
+    end
+    redis.call('HSET', job_key, LC_F.tickets, tickets == '' and client or (tickets .. '\n' .. client))
+    add_pending(q, client, pending.job_id)
+end
+
+-- Jobs each client has waiting for its turn (CLIENT_MAX_QUEUED), counted once per script run.
+local queued_by = {}
+local function may_queue(client)
+    if spec.max_queued <= 0 then
+        return true
+    end
+    if queued_by[client] == nil then
+        queued_by[client] = client_waiting(spec.queues, client)
+    end
+    return queued_by[client] < spec.max_queued
+end
+
+-- HTTP requests hold a wait on their task (cancel.lua): their client's DELETE withdraws it.
+local function hold(number, task_id, ttl)
+    local holders = spec.holds[number]
+    if holders then
+        local key = prefix.holders .. task_id
+        redis.call('SADD', key, unpack(holders))
+        redis.call('EXPIRE', key, ttl)
+    end
 end
 
 local waiting = {}
@@ -88,35 +132,46 @@ for _, job in ipairs(spec.jobs) do
         local number, task_id, stale = member[1], member[2], member[3]
         local index_key = prefix.by_number .. number
         local current = redis.call('GET', index_key)
-        local state = nil
+        local state, pending = nil, nil
         if current and current ~= stale then
-            state = live_state(current)
+            state, pending = live_state(current)
         end
         local joined = (not state) and q.batch_size > 0 and open_batch(q, job.client)
+        local answer
         if state then
-            table.insert(answers, state)
+            answer = state
+            if pending then
+                give_turn(pending, job.client, state[3])
+            end
         elseif joined then
             redis.call('SET', index_key, task_id, 'EX', job.ttl)
-            redis.call('SET', prefix.task_job .. task_id, joined.id, 'EX', job.ttl)
+            redis.call('SET', prefix.task_job .. task_id, joined.id)
             redis.call('RPUSH', prefix.batch .. joined.id, number .. ':' .. task_id)
             joined.size = joined.size + 1
-            table.insert(answers, {task_id, 'queued', job.queue, '', '', ''})
+            answer = {task_id, 'queued', job.queue, '', '', ''}
         elseif full then
-            table.insert(answers, {task_id, 'busy', job.queue, '', '', ''})
+            answer = {task_id, 'busy', job.queue, '', '', ''}
+        elseif #members == 0 and not may_queue(job.client) then
+            answer = {task_id, 'limited', job.queue, '', '', ''}
         else
             redis.call('SET', index_key, task_id, 'EX', job.ttl)
             if job.batch then
-                redis.call('SET', prefix.task_job .. task_id, job.job_id, 'EX', job.ttl)
+                redis.call('SET', prefix.task_job .. task_id, job.job_id)
             end
             table.insert(members, number .. ':' .. task_id)
-            table.insert(answers, {task_id, 'queued', job.queue, '', '', ''})
+            answer = {task_id, 'queued', job.queue, '', '', ''}
         end
+        if answer[2] ~= 'busy' and answer[2] ~= 'limited' then
+            hold(number, answer[1], job.ttl)
+        end
+        table.insert(answers, answer)
     end
     if #members > 0 then
         if job.batch then
             local members_key = prefix.batch .. job.job_id
+            -- Part of queued work, like the job's hash: no TTL, so eviction
+            -- cannot take it; the job's end gives it one (lifecycle.lua lc_settle).
             redis.call('RPUSH', members_key, unpack(members))
-            redis.call('EXPIRE', members_key, job.ttl)
             if q.batch_size > 0 then
                 redis.call('SET', q.open .. job.client, job.job_id, 'EX', job.ttl)
                 open[q.open .. job.client] = {id = job.job_id, size = #members}
@@ -130,6 +185,9 @@ for _, job in ipairs(spec.jobs) do
         redis.call('SADD', spec.queues_key, q.queue_key)
         add_pending(q, job.client, job.job_id)
         waiting[job.queue] = waiting[job.queue] + 1
+        if queued_by[job.client] then
+            queued_by[job.client] = queued_by[job.client] + 1
+        end
     end
 end
 

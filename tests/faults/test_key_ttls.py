@@ -7,7 +7,6 @@ the middle of a job and another while idle, and 300 POST + DELETE cycles.
 Then every key is read with SCAN, and any key without a TTL that is not on
 the list below fails the test. The list says why each of its keys may live
 without a TTL: each is queued work, or bounded by something other than time.
-Gaps known and owned elsewhere (KNOWN_GAPS) make it an expected failure.
 """
 
 from __future__ import annotations
@@ -57,10 +56,6 @@ ALLOWED_WITHOUT_TTL = [
 ]
 # Gaps known, with the code path that leaves them; the test reports them as an
 # expected failure until they are fixed (then delete the entry).
-KNOWN_GAPS = {
-    "factorial:waiting-servers": "jobs/store.py _queue_waits: SADD with every share of a server's waits, "
-                                 "no TTL; members are pruned only by jobs/lua/cancel.lua, when a cancel meets them",
-}
 # RQ job hashes are queued work (no TTL) until their job ends.
 UNFINISHED_STATUSES = {b"queued", b"started", b"deferred", b"scheduled"}
 
@@ -284,9 +279,4 @@ async def test_after_a_full_run_every_key_without_a_ttl_is_queued_work(stack, re
     for pattern, (count, longest) in sorted(seen.items()):
         log.info("%6d %-45s longest TTL %s", count, pattern, f"{longest} s" if longest >= 0 else "none")
     listing = "\n".join(f"  {label}: {len(found)} keys, e.g. {found[:3]}" for label, found in sorted(bad.items()))
-    assert bad.keys() <= KNOWN_GAPS.keys(), "keys without a TTL that are not queued work:\n" + listing
-    for gap in KNOWN_GAPS.keys() - bad.keys():
-        log.warning("known gap %r did not occur: remove it from KNOWN_GAPS if it is fixed", gap)
-    if bad:
-        pytest.xfail("known keys without a TTL:\n" + "\n".join(
-            f"  {label}: {len(bad[label])} keys, from {KNOWN_GAPS[label]}" for label in sorted(bad)))
+    assert not bad, "keys without a TTL that are not queued work:\n" + listing

@@ -164,9 +164,6 @@ async def test_an_evicted_result_reads_as_expired_and_queued_work_is_never_evict
             hard_worker.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="a queued soft batch's member list (factorial:batch:<job>) and its tasks' "
-                   "map to it (factorial:task-job:<id>) carry a TTL from jobs/lua/submit.lua, so volatile-lru "
-                   "evicts them like results; remove this mark once they have none while the batch waits")
 @pytest.mark.gen_test(timeout=90)
 async def test_a_queued_soft_batch_survives_eviction(app, ws_url, redis_url, redis_client):
     client = await Client.connect(ws_url)
