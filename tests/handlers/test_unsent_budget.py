@@ -20,13 +20,16 @@ import time
 from concurrent.futures import Future
 
 import pytest
+import tornado.web
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpserver import HTTPServer
+from tornado.websocket import WebSocketHandler
 
 from handlers.outbox import ENTRY_BYTES, HIGH_WATER_BYTES, UNREAD_CLOSE_CODE, Outbox
 from settings import Settings
 from tests.conftest import ServedApp, WorkerProcess
-from tests.helpers import Client, async_wait_until
+from tests.helpers import Client, async_wait_until, free_port
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +178,18 @@ class SilentClient:
             data += chunk
         raise AssertionError(f"no close frame within {timeout} s")
 
+    def read_bytes(self, count: int, timeout: float) -> None:
+        """Now read ``count`` bytes (after the handshake's), and drop them. Blocking."""
+        self.sock.setblocking(True)
+        self.sock.settimeout(timeout)
+        left = count - len(self.received)
+        deadline = time.monotonic() + timeout
+        while left > 0:
+            assert time.monotonic() < deadline, f"{left} bytes still unread after {timeout} s"
+            chunk = self.sock.recv(min(left, 1 << 20))
+            assert chunk, "the connection ended early"
+            left -= len(chunk)
+
     def close(self) -> None:
         self.sock.close()
 
@@ -186,6 +201,54 @@ def metric(body: bytes, name: str) -> float:
                 return sample.value
     return 0.0
 
+
+# --- what the outbox counts on in Tornado ------------------------------------------------
+
+FLOOD_FRAMES, FLOOD_BYTES = 20, 500_000
+
+
+class Flooding(WebSocketHandler):
+    """Tornado alone: any message is answered with FLOOD_FRAMES frames of FLOOD_BYTES."""
+
+    writes: list = []
+    streams: list = []
+
+    def on_message(self, message):
+        Flooding.streams.append(self.ws_connection.stream)
+        Flooding.writes.extend(self.write_message("x" * FLOOD_BYTES) for _ in range(FLOOD_FRAMES))
+
+
+@pytest.fixture
+def flooding_port(io_loop):
+    Flooding.writes, Flooding.streams = [], []
+    port = free_port()
+    server = HTTPServer(tornado.web.Application([(r"/ws", Flooding)]))
+    server.listen(port, "127.0.0.1")
+    yield port
+    server.stop()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_tornado_ends_a_write_only_once_the_socket_took_it_and_says_when_its_buffer_is_empty(flooding_port):
+    """handlers/outbox.py reads no private name of Tornado; it relies on these three public behaviours."""
+    # Its handshake blocks: off the loop, which serves the other end.
+    silent = await asyncio.get_running_loop().run_in_executor(None, SilentClient, flooding_port)
+    try:
+        await silent.send({"flood": True})
+        await async_wait_until(lambda: len(Flooding.writes) == FLOOD_FRAMES, what="the writes")
+        stream = Flooding.streams[0]  # WebSocketProtocol.stream: the connection's IOStream
+        # 10 MB to a peer that reads nothing: most of it waits in Tornado's buffer, and so does the last write.
+        assert stream.writing() and not Flooding.writes[-1].done()
+        reading = asyncio.get_running_loop().run_in_executor(
+            None, silent.read_bytes, FLOOD_FRAMES * (FLOOD_BYTES + 10), 10.0)  # 10: a frame's header
+        await async_wait_until(lambda: all(w.done() for w in Flooding.writes), what="every write to end")
+        await reading
+        assert not stream.writing()
+    finally:
+        silent.close()
+
+
+# --- a client that never reads, against the server ------------------------------------
 
 @pytest.fixture
 def budget_server(redis_url):
