@@ -4,6 +4,7 @@
     python -m bench --quick              # smaller counts, well under a minute
     python -m bench -s latency -s big    # some scenarios only
     python -m bench --url ws://host:8888/ws --redis-url redis://host:6379/0 [--probe-url http://...]
+    python -m bench -s abuse [--minutes 10]   # the abuse soak (bench/abuse.py), alone, never by default
 
 A stack of its own is a private redis-server on a free port, ``--workers`` rq
 workers (``jobs.worker.LaneWorker``; as the Procfile runs them, one on
@@ -39,12 +40,18 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "var" / "bench" / "latest.json"
 ALL = ("latency", "throughput", "event_loop", "web_processes", "big", "hot_key", "held", "compression", "scale_out")
 LOOP_LAG_TARGET_MS = 50.0
+# Run only when asked for, and alone: a soak of minutes on a stack of its own (bench/abuse.py).
+SOAKS = ("abuse",)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("-s", "--scenario", action="append", choices=ALL,
-                        help="run only this scenario (repeatable); default: all")
+    parser.add_argument("-s", "--scenario", action="append", choices=ALL + SOAKS,
+                        help="run only this scenario (repeatable); default: all but the abuse soak")
+    parser.add_argument("--minutes", type=float, default=10.0, help="abuse soak: how long (default 10)")
+    parser.add_argument("--every", type=float, default=5.0, help="abuse soak: seconds between samples (default 5)")
+    parser.add_argument("--redis-maxmemory", default="256mb",
+                        help="abuse soak: its Redis's REDIS_MAXMEMORY (default 256mb)")
     parser.add_argument("--quick", action="store_true",
                         help="smaller counts; skips 1000000!, 1000 clients and 10,000 connections")
     parser.add_argument("--workers", type=int, default=2, help="rq workers to start, alternately on soft and on hard (default 2; 1 serves both)")
@@ -57,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.url and not args.redis_url:
         parser.error("--url needs --redis-url")
+    if args.scenario and set(args.scenario) & set(SOAKS) and (len(args.scenario) > 1 or args.url):
+        parser.error("-s abuse runs alone, on a stack of its own")
     return args
 
 
@@ -140,6 +149,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     # Stopped with SIGTERM, still stop the processes it started (the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.scenario == ["abuse"]:
+        from bench import abuse
+
+        json_path = args.json if args.json != RESULTS else abuse.RESULTS
+        return abuse.main(args.minutes, args.every, args.redis_maxmemory, json_path)
     if args.url:
         stack = stacks.attach(args.url, args.redis_url, args.probe_url)
     else:

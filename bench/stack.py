@@ -171,11 +171,16 @@ class Stack:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def own_redis(prefix: str = "bench-redis-") -> Stack:
-    """A stack with only a Redis of its own so far, on a free port, its files in a temporary folder."""
+def own_redis(prefix: str = "bench-redis-", maxmemory: str | None = None) -> Stack:
+    """A stack with only a Redis of its own so far, on a free port, its files in a temporary folder.
+
+    ``maxmemory``: as REDIS_MAXMEMORY (default: the setting's default).
+    """
     tmp = tempfile.mkdtemp(prefix=prefix)
     port = free_port()
-    redis_process = subprocess.Popen(server_command(port, Path(tmp), append_only=False), stdout=subprocess.DEVNULL)
+    options = {"maxmemory": maxmemory} if maxmemory else {}
+    redis_process = subprocess.Popen(server_command(port, Path(tmp), append_only=False, **options),
+                                     stdout=subprocess.DEVNULL)
     stack = Stack(f"redis://127.0.0.1:{port}/0", [], owned=[redis_process], redis_process=redis_process, tmp=tmp)
     try:
         wait_for(lambda: _answers(Redis.from_url(stack.redis_url)), "redis-server")
