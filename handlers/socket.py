@@ -15,7 +15,7 @@ from handlers.context import ServiceContext
 from handlers.errors import http_error
 from handlers.drain import SERVICE_RESTART, SERVICE_RESTART_TEXT
 from handlers.redis_watch import RedisWatch
-from handlers.limits import RequestBudget
+from handlers.limits import RequestBudget, RequestRate
 from handlers.outbox import UNREAD_CLOSE_CODE, UNREAD_CLOSE_TEXT, Outbox
 from jobs.states import MISSING, JobState
 from protocol import CancelRequest, ErrorCode, FactorialRequest, ProtocolError, Request, ResultRequest
@@ -153,9 +153,14 @@ class FactorialSocket(WebSocketHandler):
         elif isinstance(request, CancelRequest):
             delivery = self.context.delivery
             others_here = delivery.others_wait(request.task_id, self)
-            self._queue_answer(request, self.context.jobs.cancel(request.task_id, delivery.server_id, others_here))
+            self._queue_answer(request, asyncio.ensure_future(self._cancel(request.task_id, others_here)))
         else:
             self._queue_answer(request, self.context.jobs.lookup(request.task_id, self.client))
+
+    async def _cancel(self, task_id: str, others_here: bool) -> str:
+        """Cancel, counted against the client's request rate as an HTTP DELETE is (it starts no job)."""
+        await RequestRate.of(self.context.jobs).admit(self.client)
+        return await self.context.jobs.cancel(task_id, self.context.delivery.server_id, others_here)
 
     def send(self, frame: bytes | str, ref=None) -> int:
         """Send one frame (``ref`` added to it, protocol.with_ref, when it is written); return its size,

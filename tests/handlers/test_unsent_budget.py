@@ -411,3 +411,19 @@ async def test_lookups_cancels_health_and_metrics_count_against_the_clients_requ
         refused = codes.count(429)
         # 10 asked well within 2 s: the burst of 5 and at most a few refilled tokens pass.
         assert 5 <= len(codes) - refused <= 8 and refused >= 2, (name, codes)
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("settings", [{"client_max_requests_per_s": 5}], indirect=True)
+async def test_cancels_on_a_websocket_count_against_the_clients_request_rate(settings, app, ws_url):
+    client = await Client.connect(ws_url)
+    try:
+        for ref in range(10):
+            await client.send({"type": "cancel", "task_id": "0123456789abcdef0123456789abcdef", "ref": ref})
+        answers = [await client.receive() for _ in range(10)]
+    finally:
+        client.close()
+    assert [a["ref"] for a in answers] == list(range(10))  # in order
+    refused = [a for a in answers if a["code"] == "rate_limited"]
+    assert all(a["code"] == "unknown_task_id" for a in answers if a not in refused)
+    assert 2 <= len(refused) <= 5 and all("at most 5 per second" in a["result"] for a in refused), answers
