@@ -17,7 +17,17 @@ fault outside the job sends the job back to the front of its queue, up to
 its runs ended. ``finished``, ``failed`` and ``cancelled`` are final.
 
 The state lives in the job's RQ hash, in fields of the service's own (RQ's
-``status`` field is RQ's, for rq-dashboard). The table below is the only
+``status`` field is RQ's, for rq-dashboard).
+
+Why not RQ's own calls for these moves: ``Job.cancel`` and ``Job.requeue``
+each run as separate round trips that check nothing the service knows (whose
+turn it is, which run owns the job, who still waits), so a cancel could race
+a dispatch or a late run's end could undo a requeue; ``Retry`` is returned by
+a job that ran to its end, while a lost run never returns; and RQ enqueues
+straight onto the queue, while the service's jobs first wait for their
+client's turn. So each move is one Lua step that checks and writes together,
+on RQ's schema through jobs/rq_schema.py, and RQ's Python API does the rest
+(creating the job's hash, running it, recording its result and registries). The table below is the only
 description of the transitions: the Lua scripts get it in their preamble
 (jobs/scripts.py) and refuse, and log, any move it does not list.
 """
