@@ -13,7 +13,7 @@ from __future__ import annotations
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.registry import StartedJobRegistry
+from rq.registry import DeferredJobRegistry, StartedJobRegistry
 
 # Prefix of a job's hash (``rq:job:<id>``).
 JOB_PREFIX = Job.redis_job_namespace_prefix
@@ -44,6 +44,12 @@ def intermediate_key(name: str) -> str:
 
 def started_registry_key(name: str) -> str:
     return StartedJobRegistry.key_template.format(name)
+
+
+def deferred_registry_key(name: str) -> str:
+    """RQ's registry of jobs "waiting for something before they can be queued": the service's
+    jobs waiting for their client's turn are listed there, so rq-dashboard shows the backlog."""
+    return DeferredJobRegistry.key_template.format(name)
 
 
 def workers_key(name: str) -> str:

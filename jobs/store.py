@@ -70,6 +70,7 @@ class JobStore:
                 "clients": keys.pending_clients(name),
                 "count": keys.pending_count(name),
                 "workers": rq_schema.workers_key(name),
+                "deferred": rq_schema.deferred_registry_key(name),
                 # Batch jobs that later requests may join (jobs/lua/submit.lua).
                 "batch_size": settings.soft_batch_size if name == SOFT else 0,
                 "open": keys.open_batch(name),
@@ -117,13 +118,14 @@ class JobStore:
         return json.dumps({"queues": self._dispatch_queues, "per_worker": self.settings.queued_jobs_per_worker})
 
     def jobs_waiting(self) -> dict[str, int]:
-        """Jobs waiting per queue: in its RQ queue and in every client's pending list."""
+        """Jobs waiting per queue: in its RQ queue and waiting for their turn (RQ's deferred registry),
+        counted as rq-dashboard counts them."""
         pipe = self.redis.pipeline(transaction=False)
         for name, queue in self.queues.items():
             pipe.llen(queue.key)
-            pipe.get(keys.pending_count(name))
+            pipe.zcard(rq_schema.deferred_registry_key(name))
         replies = pipe.execute()
-        return {name: replies[2 * i] + int(replies[2 * i + 1] or 0) for i, name in enumerate(self.queues)}
+        return {name: replies[2 * i] + replies[2 * i + 1] for i, name in enumerate(self.queues)}
 
     # --- submitting -------------------------------------------------------
 

@@ -85,6 +85,7 @@ if q then
     else
         -- Out of every list and count at once: the dispatcher never meets it.
         drop_turns(q, job_key, job_id, nil)
+        redis.call('ZREM', q.deferred, job_id)
     end
 end
 return {'stopped', job_id}

@@ -9,8 +9,8 @@
 -- clients' backlogs are. Workers stay stock RQ: they only ever see the RQ queue.
 --
 -- q: {queue_key, pending (prefix of the clients' lists), clients (the ring),
---     count (jobs waiting in all lists), workers (RQ's set of workers on the queue),
---     job_prefix (of RQ's job hashes)}
+--     count (turns waiting in all lists), workers (RQ's set of workers on the queue),
+--     deferred (RQ's deferred registry of the queue: the jobs waiting for a turn)}
 -- The clients whose pending lists hold a turn of the job: its maker, and
 -- each other client that asked for it while it waited (a ticket).
 local function turn_holders(job_key)
@@ -61,6 +61,7 @@ local function dispatch(q, per_worker)
             local job_key = RQ.job_prefix .. job_id
             if lc_state(job_key) == LC.state.PENDING and lc_move(job_key, LC.state.QUEUED) then
                 drop_turns(q, job_key, job_id, client)
+                redis.call('ZREM', q.deferred, job_id)
                 redis.call('RPUSH', q.queue_key, job_id)
                 moved = moved + 1
             end
@@ -72,9 +73,17 @@ local function dispatch(q, per_worker)
     return moved
 end
 
--- Jobs waiting for a queue: in the RQ queue and in every client's list.
+-- Jobs waiting for a queue: in the RQ queue, and waiting for their turn (each
+-- listed once in RQ's deferred registry, however many turns it holds).
 local function jobs_waiting(q)
-    return redis.call('LLEN', q.queue_key) + tonumber(redis.call('GET', q.count) or '0')
+    return redis.call('LLEN', q.queue_key) + redis.call('ZCARD', q.deferred)
+end
+
+-- A new job waits for its turn: listed in RQ's deferred registry, which
+-- rq-dashboard shows under its queue, until the dispatcher queues it.
+local function defer(q, job_id)
+    local now = redis.call('TIME')
+    redis.call('ZADD', q.deferred, tonumber(now[1]) + tonumber(now[2]) / 1e6, job_id)
 end
 
 -- Jobs a client has waiting for their turn, in every queue.

@@ -184,6 +184,7 @@ for _, job in ipairs(spec.jobs) do
         redis.call('HSET', job_key, LC_F.client, job.client)
         redis.call('SADD', spec.queues_key, q.queue_key)
         add_pending(q, job.client, job.job_id)
+        defer(q, job.job_id)
         waiting[job.queue] = waiting[job.queue] + 1
         if queued_by[job.client] then
             queued_by[job.client] = queued_by[job.client] + 1

@@ -136,6 +136,9 @@ class Model:
         for jobs in lists.values():
             for job_id in jobs:
                 assert _state(r, job_id) == State.PENDING.value, (job_id, _state(r, job_id))
+        # RQ's deferred registry (what rq-dashboard shows) lists each pending job once.
+        deferred = {j.decode() for j in r.zrange(rq_schema.deferred_registry_key(name), 0, -1)}
+        assert deferred == {j for jobs in lists.values() for j in jobs}, (deferred, lists)
         for job_id in r.lrange(rq_schema.queue_key(name), 0, -1):
             assert _state(r, job_id.decode()) == State.QUEUED.value
 
