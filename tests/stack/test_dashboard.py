@@ -57,3 +57,26 @@ def test_the_dashboard_shows_the_soft_and_hard_queues_and_the_worker(redis_url, 
     workers = fetch_json(dashboard + "/0/data/workers.json")["workers"]
     assert len(workers) == 1 and sorted(workers[0]["queues"]) == ["hard", "soft"]
     assert workers[0]["pid"] == worker.process.pid
+
+
+def test_the_dashboard_counts_every_job_waiting_for_its_turn_as_the_service_does(redis_url, redis_client, dashboard):
+    # No worker: 60 hard jobs of one client, 5 of another; one of each client's
+    # turns is in the RQ queue, the rest wait in their clients' lists.
+    redis_client.flushdb()
+    store = JobStore(redis_client, Settings(redis_url=redis_url))
+    store.submit(list(range(40_000, 40_060)), ["heavy"] * 60)
+    store.submit(list(range(41_000, 41_005)), ["light"] * 5)
+    waiting = store.jobs_waiting()["hard"]
+    assert waiting == 65
+
+    hard = {q["name"]: q for q in fetch_json(dashboard + "/0/data/queues.json")["queues"]}["hard"]
+    assert hard["count"] + hard["deferred_job_registry_count"] == waiting, hard
+    assert hard["deferred_job_registry_count"] >= 60
+    # Each waiting job's page opens: the registry lists jobs RQ knows.
+    listed = fetch_json(dashboard + "/0/data/jobs/hard/deferred/100/asc/1.json")
+    assert listed is not None and len(listed["jobs"]) == hard["deferred_job_registry_count"], listed
+    # A cancel takes a waiting job out of the dashboard's count at once.
+    first = store.submit([40_059], ["heavy"])[40_059].task_id
+    assert store.cancel(first, "server-1", others_here=False) == "stopped"
+    hard = {q["name"]: q for q in fetch_json(dashboard + "/0/data/queues.json")["queues"]}["hard"]
+    assert hard["count"] + hard["deferred_job_registry_count"] == store.jobs_waiting()["hard"] == 64
