@@ -74,6 +74,10 @@ class Settings:
     # (killed, paused past its lease, cut off from Redis); after the last one
     # it fails with job_failed (jobs/lifecycle.py).
     job_max_attempts: int = 3
+    # A job no one waits for any more (every connection that asked for it has
+    # closed, on every server, and no HTTP client holds it) is stopped this
+    # many seconds later, unless someone asks for it again; 0: never.
+    abandon_grace_s: int = 30
 
     max_frame_bytes: int = 64 * 1024
     # Longest the delivery loop waits inside Redis for a job to end before it

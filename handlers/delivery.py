@@ -77,6 +77,9 @@ class ResultDelivery:
         self.server_id = uuid.uuid4().hex
         self._waits_added: set[str] = set()
         self._waits_removed: set[str] = set()
+        # Tasks whose last waiter here left by closing its connection: candidates
+        # for the stop of abandoned work (jobs/lua/abandon.lua), shared with the waits.
+        self._waits_left: set[str] = set()
         self._waits_rewrite_at = 0.0
         # Frames and bytes written since the loop last had a turn (see WRITE_SLICE_FRAMES).
         self._slice_frames = 0
@@ -100,7 +103,11 @@ class ResultDelivery:
             spawn(self._settle([recent[0]]), "Delivering an end read before its watch")
 
     def forget(self, subscriber: Subscriber) -> None:
-        """Drop every wait of a closed connection."""
+        """Drop every wait of a closed connection.
+
+        A task no one here waits for any more may be abandoned: its job is
+        stopped after ABANDON_GRACE_S unless someone, anywhere, waits for it again.
+        """
         self._refs.pop(subscriber, None)
         for task_id in self._by_subscriber.pop(subscriber, ()):
             waiters = self._waiting.get(task_id)
@@ -108,6 +115,7 @@ class ResultDelivery:
                 waiters.pop(subscriber, None)
                 if not waiters:
                     self._no_more_waits(task_id)
+                    self._waits_left.add(task_id)
 
     def others_wait(self, task_id: str, subscriber: Subscriber) -> bool:
         """Whether a connection other than ``subscriber`` waits here for the task."""
@@ -208,14 +216,15 @@ class ResultDelivery:
         stops counting as a waiter for cancels elsewhere.
         """
         rewrite = now >= self._waits_rewrite_at
-        if not (rewrite or self._waits_added or self._waits_removed):
+        if not (rewrite or self._waits_added or self._waits_removed or self._waits_left):
             return None
         added, self._waits_added = self._waits_added, set()
         removed, self._waits_removed = self._waits_removed, set()
+        left, self._waits_left = self._waits_left - self._waiting.keys(), set()
         everything = set(self._waiting) if rewrite else None
         if rewrite:
             self._waits_rewrite_at = now + WAITS_REWRITE_S
-        return self.server_id, Waits(added, removed, everything, WAITS_TTL_S)
+        return self.server_id, Waits(added, removed, everything, WAITS_TTL_S, left, self.settings.abandon_grace_s)
 
     def _recover_orphans(self, now: float) -> None:
         """Every server takes part in recovering jobs whose worker died: when every

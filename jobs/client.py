@@ -400,6 +400,8 @@ class JobClient:
     def _recover_orphans(self) -> None:
         try:
             self._janitor.run_once()
+            if self.store.settings.abandon_grace_s:
+                self.store.stop_abandoned()
         except OUTAGE_ERRORS:
             pass  # the delivery loop reports outages
         except Exception as exc:  # noqa: BLE001 - a bug here must not stop deliveries

@@ -90,6 +90,16 @@ def http_holders(task_id: str) -> str:
     return f"factorial:http-holders:{task_id}"
 
 
+# Tasks whose last waiter on some server left (its connection closed): each
+# is stopped once its keys.left mark expires and still no one waits for it.
+ABANDON_CANDIDATES = "factorial:abandon-candidates"
+
+
+def left(task_id: str) -> str:
+    """Set, for ABANDON_GRACE_S, when a task's last waiter on a server left; Redis expires it."""
+    return f"factorial:left:{task_id}"
+
+
 def cancelled(task_id: str) -> str:
     """Set when a task was cancelled and its job stopped: a lookup answers ``cancelled``."""
     return f"factorial:cancelled:{task_id}"

@@ -61,7 +61,8 @@ class JobStore:
         self.queues = {name: Queue(name, connection=redis) for name in QUEUES}
         self._submit_script = scripts.load(redis, "lifecycle", "dispatch_lib", "submit")
         self._dispatch_script = scripts.load(redis, "lifecycle", "dispatch_lib", "dispatch")
-        self._cancel_script = scripts.load(redis, "lifecycle", "dispatch_lib", "cancel")
+        self._cancel_script = scripts.load(redis, "lifecycle", "dispatch_lib", "cancel_lib", "cancel")
+        self._abandon_script = scripts.load(redis, "lifecycle", "dispatch_lib", "cancel_lib", "abandon")
         # What the dispatcher needs to know of each queue (jobs/lua/dispatch_lib.lua).
         self._dispatch_queues = {
             name: {
@@ -91,8 +92,17 @@ class JobStore:
         server (shared with ``read_events``). A queued job is taken off its
         queue or pending list; a running one's worker is told to stop it.
         """
-        spec = {
-            "task_id": task_id, "server": server_id, "others_here": others_here, "holder": holder,
+        spec = {"task_id": task_id, **self._cancel_spec(server_id, others_here, holder)}
+        outcome, job_id, *worker = (value.decode() for value in self._cancel_script(
+            args=[json.dumps(spec)], client=self.redis))
+        if outcome == "stop":
+            self._stop_running(job_id, worker[0] if worker else "")
+            outcome = "stopped"
+        return outcome
+
+    def _cancel_spec(self, server_id: str, others_here: bool, holder: str) -> dict:
+        return {
+            "server": server_id, "others_here": others_here, "holder": holder,
             "ttl": self.settings.failure_ttl_s,
             "prefix": {"payload": keys.payload(""), "task_job": keys.task_job(""),
                        "batch": keys.batch_members(""), "cancelled": keys.cancelled(""), "waits": keys.waits_of(""),
@@ -100,15 +110,21 @@ class JobStore:
             "servers_key": keys.WAITING_SERVERS,
             "queues": self._dispatch_queues,
         }
-        outcome, job_id, *worker = (value.decode() for value in self._cancel_script(
-            args=[json.dumps(spec)], client=self.redis))
-        if outcome == "stop":
-            # Addressed to the worker the run belongs to (RQ's own lookup of it,
-            # send_stop_job_command, reads a field RQ sets only once the horse runs).
-            if worker and worker[0]:
-                send_command(self.redis, worker[0], "stop-job", job_id=job_id)
-            outcome = "stopped"
-        return outcome
+
+    def _stop_running(self, job_id: str, worker: str) -> None:
+        # Addressed to the worker the run belongs to (RQ's own lookup of it,
+        # send_stop_job_command, reads a field RQ sets only once the horse runs).
+        if worker:
+            send_command(self.redis, worker, "stop-job", job_id=job_id)
+
+    def stop_abandoned(self, count: int = 200) -> int:
+        """Stop the jobs no one has waited for since ABANDON_GRACE_S (jobs/lua/abandon.lua); how many."""
+        spec = {**self._cancel_spec("", False, ""), "candidates": keys.ABANDON_CANDIDATES,
+                "left_prefix": keys.left(""), "count": count}
+        stopped, *running = self._abandon_script(args=[json.dumps(spec)], client=self.redis)
+        for job_id, worker in zip(running[0::2], running[1::2]):
+            self._stop_running(job_id.decode(), worker.decode())
+        return stopped
 
     def dispatch(self) -> int:
         """Move waiting jobs into the RQ queues that have room, round robin across clients; return how many."""
@@ -387,6 +403,10 @@ class Waits(NamedTuple):
     removed: set[str]
     everything: set[str] | None
     ttl_s: float
+    # Tasks whose last waiter here left (its connection closed), and how long
+    # before their job is stopped if no one waits for it by then (0: never).
+    left: set[str] = frozenset()
+    grace_s: float = 0.0
 
 
 def _queue_waits(pipe, server_id: str, waits: Waits) -> None:
@@ -414,6 +434,12 @@ def _queue_waits(pipe, server_id: str, waits: Waits) -> None:
     if removed:
         pipe.srem(key, *removed)
     pipe.pexpire(key, int(waits.ttl_s * 1000))
+    if waits.left and waits.grace_s > 0:
+        grace_ms = int(waits.grace_s * 1000)
+        for task_id in waits.left:
+            pipe.set(keys.left(task_id), 1, px=grace_ms)  # the latest leave restarts the grace
+        pipe.sadd(keys.ABANDON_CANDIDATES, *waits.left)
+        pipe.pexpire(keys.ABANDON_CANDIDATES, grace_ms + 60_000)
 
 
 def _cancelled(task_id: str, fields: list) -> JobState:
