@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--every", type=float, default=5.0, help="abuse soak: seconds between samples (default 5)")
     parser.add_argument("--redis-maxmemory", default="256mb",
                         help="abuse soak: its Redis's REDIS_MAXMEMORY (default 256mb)")
+    parser.add_argument("--alone", action="store_true",
+                        help="abuse soak: the normal client alone, a baseline on the same machine")
     parser.add_argument("--quick", action="store_true",
                         help="smaller counts; skips 1000000!, 1000 clients and 10,000 connections")
     parser.add_argument("--workers", type=int, default=2, help="rq workers to start, alternately on soft and on hard (default 2; 1 serves both)")
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
         from bench import abuse
 
         json_path = args.json if args.json != RESULTS else abuse.RESULTS
-        return abuse.main(args.minutes, args.every, args.redis_maxmemory, json_path)
+        return abuse.main(args.minutes, args.every, args.redis_maxmemory, json_path, args.alone)
     if args.url:
         stack = stacks.attach(args.url, args.redis_url, args.probe_url)
     else:

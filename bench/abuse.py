@@ -286,7 +286,8 @@ def markdown(samples: list[dict]) -> str:
 
 # --- the run ---------------------------------------------------------------------------------
 
-async def soak(stack: stacks.Stack, server: stacks.Server, seconds: float, every_s: float) -> list[dict]:
+async def soak(stack: stacks.Stack, server: stacks.Server, seconds: float, every_s: float,
+               alone: bool = False) -> list[dict]:
     url = server.url
     http_url = url.replace("ws://", "http://").removesuffix("/ws")
     host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
@@ -298,13 +299,17 @@ async def soak(stack: stacks.Stack, server: stacks.Server, seconds: float, every
     first.close()
 
     tally, stop, victims = Tally(), asyncio.Event(), asyncio.Queue()
-    tasks = {name: asyncio.ensure_future(coroutine) for name, coroutine in {
-        "normal": normal(url, tally, victims, stop),
-        "foreign": foreign_canceller(url, http_url, tally, victims, stop),
-        "non-reader": NonReader(host, int(port), NON_READER).run(tally, stop),
-        "refill": refill(url, tally, stop),
-        "post-delete": post_delete(http_url, tally, stop),
-    }.items()}
+    clients = {"normal": normal(url, tally, victims, stop)}
+    if not alone:
+        clients.update({
+            "foreign": foreign_canceller(url, http_url, tally, victims, stop),
+            "non-reader": NonReader(host, int(port), NON_READER).run(tally, stop),
+            "refill": refill(url, tally, stop),
+            "post-delete": post_delete(http_url, tally, stop),
+        })
+    else:  # the baseline: no one takes the normal client's hard jobs from the queue of victims
+        victims = asyncio.Queue()
+    tasks = {name: asyncio.ensure_future(coroutine) for name, coroutine in clients.items()}
     began = time.monotonic()
     samples = []
     try:
@@ -323,12 +328,39 @@ async def soak(stack: stacks.Stack, server: stacks.Server, seconds: float, every
     return samples
 
 
-def main(minutes: float, every_s: float, redis_maxmemory: str, json_path: Path = RESULTS) -> int:
+def redis_footprint(redis) -> dict:
+    """Where Redis's memory went: bytes by key pattern (ids replaced by *), and its slow log."""
+    by_pattern: dict[str, list[int]] = {}
+    names = list(redis.scan_iter(count=10_000))
+    for i in range(0, len(names), 1000):
+        with redis.pipeline(transaction=False) as pipe:
+            for name in names[i : i + 1000]:
+                pipe.memory_usage(name, samples=0)
+            sizes = pipe.execute()
+        for name, size in zip(names[i : i + 1000], sizes):
+            pattern = ":".join("*" if len(part) >= 16 or part.isdigit() else part
+                               for part in name.decode(errors="replace").split(":"))
+            by_pattern.setdefault(pattern, [0, 0])
+            by_pattern[pattern][0] += 1
+            by_pattern[pattern][1] += size or 0
+    slow = redis.slowlog_get(128)
+    return {
+        "keys_by_pattern": {k: {"keys": c, "mb": round(b / 2**20, 2), "bytes_each": b // c}
+                            for k, (c, b) in sorted(by_pattern.items(), key=lambda kv: -kv[1][1])[:15]},
+        "slowlog_over_10ms": len(slow),
+        "slowlog_longest_ms": round(max((e["duration"] for e in slow), default=0) / 1000, 1),
+        "slowlog_longest": [(round(e["duration"] / 1000, 1), str(e["command"])[:80])
+                            for e in sorted(slow, key=lambda e: -e["duration"])[:3]],
+    }
+
+
+def main(minutes: float, every_s: float, redis_maxmemory: str, json_path: Path = RESULTS, alone: bool = False) -> int:
     stack = stacks.own_redis(maxmemory=redis_maxmemory)
     try:
         stack.start_workers(2, "jobs.worker.LaneWorker")
         server = stack.start_server(default_limits())
-        samples = asyncio.run(soak(stack, server, minutes * 60, every_s))
+        samples = asyncio.run(soak(stack, server, minutes * 60, every_s, alone))
+        footprint = redis_footprint(stack.redis)
     finally:
         stack.close()
     counts = samples[-1]["counts"] if samples else {}
@@ -339,14 +371,17 @@ def main(minutes: float, every_s: float, redis_maxmemory: str, json_path: Path =
         "five_p95_ms_max": max((s["five_p95_ms"] for s in fives), default=None),
         "five_p95_ms_median": sorted(s["five_p95_ms"] for s in fives)[len(fives) // 2] if fives else None,
         "counts": counts,
+        "redis": footprint,
     }
-    text = (f"abuse soak, {minutes:g} min, a sample every {every_s:g} s, Redis maxmemory {redis_maxmemory}, "
+    text = (f"{'normal client alone (baseline)' if alone else 'abuse soak'}, {minutes:g} min, a sample every {every_s:g} s, Redis maxmemory {redis_maxmemory}, "
             f"per-client limits at their defaults, commit {_commit()}\n\n{markdown(samples)}\n\n"
             + "\n".join(f"- {k}: {v}" for k, v in counts.items())
-            + f"\n\nsummary: {json.dumps({k: v for k, v in summary.items() if k != 'counts'})}")
+            + f"\n\nsummary: {json.dumps({k: v for k, v in summary.items() if k not in ('counts', 'redis')})}"
+            + f"\n\nRedis at the end: {json.dumps(footprint, indent=1)}")
     print(text)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"minutes": minutes, "every_s": every_s, "redis_maxmemory": redis_maxmemory,
+                                     "alone": alone,
                                      "samples": samples, "summary": summary, "table": text}, indent=1))
     json_path.with_suffix(".md").write_text(text + "\n")
     log.info("saved %s and %s", json_path, json_path.with_suffix(".md"))
