@@ -75,7 +75,7 @@ def make_app(settings: Settings, context: ServiceContext | None = None) -> torna
     """The application; call ``app.context.delivery.start()`` on the IOLoop that serves it."""
     context = context or make_context(settings)
     # Whether this process reaches Redis: fails requests fast, closes WebSockets with 1013, answers /healthz.
-    watch = RedisWatch(settings)
+    watch = RedisWatch(settings, context.jobs.outage)
     app = tornado.web.Application(
         [
             (r"/ws", FactorialSocket, {"context": context, "watch": watch}),

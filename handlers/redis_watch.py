@@ -2,7 +2,9 @@
 
 A thread of its own asks Redis ``PING`` every ``PROBE_INTERVAL_S`` on a
 connection of its own, so the answer does not wait behind the job client's
-round trips, nor on a busy IOLoop. From the time of the last answer:
+round trips, nor on a busy IOLoop; every call of the job client that
+reaches Redis counts too (its ``OutageLog``), so a recovery is seen at the
+first such call. From the time of the last answer:
 
 - a request not answered ``REDIS_UNAVAILABLE_S`` after it arrived, with no
   answer from Redis since, gets ``unavailable`` (one that arrives while Redis
@@ -35,6 +37,7 @@ from tornado.ioloop import PeriodicCallback
 
 from jobs import connection
 from jobs.client import unavailable
+from jobs.outage import OutageLog
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,12 +60,14 @@ class Closable(Protocol):
 
 
 class RedisWatch:
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, settings: Settings, outage: OutageLog | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.settings = settings
+        self.outage = outage  # the job client's: its calls that reach Redis count as answers
         self.clock = clock
         # When a PING that Redis answered was sent (self.clock). Written by the
         # probe thread only; a float is read and written whole.
-        self.last_reached = clock()
+        self._pinged = clock()
         self._sockets: dict[Closable, float] = {}  # open WebSocket -> when it opened
         self._checker: PeriodicCallback | None = None
         self._probe: threading.Thread | None = None
@@ -70,8 +75,16 @@ class RedisWatch:
         self._wanted_until = 0.0
         self._health_reads = ThreadPoolExecutor(1, thread_name_prefix="redis-health")
         self._health_read: asyncio.Future | None = None
+        # The last /healthz reading that reached Redis (handlers/health.py).
+        self.last_health: dict | None = None
 
     # --- how long Redis has been silent ----------------------------------------
+
+    @property
+    def last_reached(self) -> float:
+        """When Redis last answered: a PING of the probe, or a call of the job client (when it began)."""
+        by_jobs = self.outage.last_reached if self.outage is not None else None
+        return self._pinged if by_jobs is None else max(self._pinged, by_jobs)
 
     def silent_for(self) -> float:
         """Seconds since the last PING Redis answered was sent (about PROBE_INTERVAL_S when all is well)."""
@@ -162,7 +175,7 @@ class RedisWatch:
         self._wanted_until = self.clock() + IDLE_STOP_S
         if self._probe is None or not self._probe.is_alive():
             # Started afresh after being idle: Redis gets the benefit of the doubt until the first PING.
-            self.last_reached = self.clock()
+            self._pinged = self.clock()
             self._stop.clear()
             self._probe = threading.Thread(target=self._run_probe, name="redis-watch", daemon=True)
             self._probe.start()
@@ -175,7 +188,7 @@ class RedisWatch:
                 sent = self.clock()
                 try:
                     redis.ping()
-                    self.last_reached = sent
+                    self._pinged = sent
                 except Exception:  # noqa: BLE001 - any failure is "not reached"; the job client logs outages
                     pass
                 self._stop.wait(max(PROBE_INTERVAL_S - (self.clock() - sent), 0.01))

@@ -135,7 +135,9 @@ class ParallelSentinel(Sentinel):
     redis-py asks them one after another, so a silent Sentinel listed first
     delays every connection by its timeout. Here a dead or silent one costs
     nothing while another answers, and the whole question ends within
-    ``SENTINEL_TIMEOUT_S``. A Sentinel still busy with an earlier question
+    ``SENTINEL_TIMEOUT_S``, or as soon as a majority of the Sentinels replied
+    and none named a usable primary (during a failover: the silent ones are
+    not waited for then either). A Sentinel still busy with an earlier question
     (silent: it holds its thread up to its timeout) is not asked again
     meanwhile: the answer to that question serves, so a silent Sentinel never
     ties up more than one thread.
@@ -159,8 +161,9 @@ class ParallelSentinel(Sentinel):
                 questions[future] = sentinel
         deadline = monotonic() + SENTINEL_TIMEOUT_S
         errors = []
+        replied = 0
         waiting = set(questions)
-        while waiting:  # at most one pass per Sentinel, and never past the deadline
+        while waiting and replied <= len(questions) // 2:  # one pass per Sentinel at most, never past the deadline
             done, waiting = wait(waiting, timeout=max(deadline - monotonic(), 0), return_when=FIRST_COMPLETED)
             if not done:
                 errors.append(f"{len(waiting)} Sentinel(s) did not answer within {SENTINEL_TIMEOUT_S} s")
@@ -171,11 +174,14 @@ class ParallelSentinel(Sentinel):
                 except (RedisConnectionError, RedisTimeoutError) as exc:
                     errors.append(f"{questions[future]} - {exc!r}")
                     continue
+                replied += 1
                 state = masters.get(service_name)
                 if state and self.check_master_state(state, service_name):
                     return (self._force_master_ip if self._force_master_ip is not None else state["ip"],
                             state["port"])
-        raise MasterNotFoundError(f"No master found for {service_name!r}: {', '.join(errors) or 'none named one'}")
+        if replied:
+            errors.append(f"{replied} Sentinel(s) named no usable primary")
+        raise MasterNotFoundError(f"No master found for {service_name!r}: {', '.join(errors)}")
 
 
 def url_with_ca(settings: Settings) -> str:

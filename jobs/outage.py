@@ -35,6 +35,9 @@ class OutageLog:
         self._began = self._last_failure = self._next_log = 0.0
         self._repeat_s = first_repeat_s
         self._failures = 0
+        # When the latest call that reached Redis began (this log's clock), or
+        # None: handlers/redis_watch.py counts it as an answer from Redis.
+        self.last_reached: float | None = None
 
     def failed(self, exc: BaseException) -> None:
         """A call could not reach Redis (or met the refusal this log is about)."""
@@ -60,6 +63,9 @@ class OutageLog:
         A call that began before the latest failure proves nothing about now:
         it does not end the outage.
         """
+        reached = self.clock() if began is None else began
+        if self.last_reached is None or reached > self.last_reached:
+            self.last_reached = reached
         if not self.down or (began is not None and began < self._last_failure):
             return
         self.down = False

@@ -66,3 +66,17 @@ def test_a_call_that_began_before_the_latest_failure_does_not_end_the_outage(cap
     assert texts == ["Redis unreachable: Timeout reading from socket",
                      "Redis reachable again after 0.1 s (calls failed: 1)",
                      "Redis unreachable: Connection refused"]
+
+
+def test_the_last_call_that_reached_redis_is_remembered_by_when_it_began():
+    clock = Clock()
+    outage = OutageLog(log, clock=clock)
+    assert outage.last_reached is None
+    outage.succeeded(began=990.0)
+    outage.failed(ConnectionError("refused"))
+    # A long call that began earlier and ends now does not move the time back.
+    outage.succeeded(began=980.0)
+    assert outage.last_reached == 990.0
+    clock.now = 1005.0
+    outage.succeeded()
+    assert outage.last_reached == 1005.0

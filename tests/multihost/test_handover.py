@@ -33,7 +33,7 @@ import pytest
 
 from tests.helpers import async_wait_until
 from tests.multihost import topology
-from tests.multihost.topology import kill_redis, kill_sentinel, open_websockets, send_steadily
+from tests.multihost.topology import kill_redis, open_websockets, send_steadily, sentinel_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(topology.why_not), reason=topology.why_not or "runs")]
 
@@ -113,8 +113,12 @@ async def under_load(stack, fault: str, act, watch_s: float, heal=None) -> dict:
     figures["first_ack_after_s"] = min(figures["next_ack_s"])
     figures["reconnects"] = sum(c.reconnects for c in clients) - reconnects
     figures["close_codes"] = sorted({code for c in clients for code in c.close_codes if code is not None})
-    await async_wait_until(lambda: all(c.settled for c in clients), timeout=40,
-                           what=f"every request answered after: {fault}")
+    try:
+        await async_wait_until(lambda: all(c.settled for c in clients), timeout=40,
+                               what=f"every request answered after: {fault}")
+    except AssertionError:
+        raise AssertionError(f"{fault}: unanswered {[(c.pending, c.unacked) for c in clients]}; "
+                             f"{[p for c in clients for p in c.wrong_answers()]}; {figures}") from None
     figures["acknowledged"] = sum(len(c.acked) for c in clients)
     print(f"\n{fault}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in figures.items()))
     return figures
@@ -190,13 +194,12 @@ async def test_with_a_dead_or_silent_sentinel_a_killed_primary_is_replaced_withi
         primary = stack.redis_hosts[0]
         # The first Sentinel every process asks: killed (its port refuses), or
         # paused (it accepts connections and answers nothing, as a cut-off host).
+        sentinel = sentinel_process(primary)
         if sentinel_fault == "dead":
-            kill_sentinel(primary)
-            await async_wait_until(lambda: not topology.pids_running(primary, f"sentinel-{primary.name}.conf"),
-                                   timeout=5, what="the Sentinel to die")
+            sentinel.kill()
+            sentinel.wait(5)
         else:
-            for pid in topology.pids_running(primary, f"sentinel-{primary.name}.conf"):
-                os.kill(pid, signal.SIGSTOP)
+            sentinel.send_signal(signal.SIGSTOP)
 
         def kill():
             kill_redis(primary)

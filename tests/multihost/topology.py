@@ -107,9 +107,9 @@ def kill_redis(host: Host) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def kill_sentinel(host: Host) -> None:
-    for pid in pids_running(host, f"sentinel-{host.name}.conf"):
-        os.kill(pid, signal.SIGKILL)
+def sentinel_process(host: Host) -> subprocess.Popen:
+    """The host's Sentinel, as build_hosts() started it (Redis rewrites its command line, so no name finds it)."""
+    return next(p for p in host.processes if p.args[4:5] == [REDIS_SENTINEL])
 
 
 def open_websockets(web: Host) -> int:
