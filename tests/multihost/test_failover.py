@@ -23,7 +23,6 @@ import asyncio
 import json
 import itertools
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -31,73 +30,17 @@ import urllib.request
 from dataclasses import dataclass
 
 import pytest
-from redis import Redis
-from redis.sentinel import Sentinel
 
 from tests.conftest import ROOT
-from tests.deploy.haproxy import HAProxy, haproxy_binary
+from tests.deploy.haproxy import HAProxy
 from tests.deploy.patient_client import PatientClient
 from tests.helpers import async_wait_until, free_port, stop_process, wait_until
-from tests.multihost.netns import Lab, can_run
+from tests.multihost.netns import Lab
+from tests.multihost.topology import (HARD, MASTER, REDIS_PASSWORD, REDIS_SENTINEL, SENTINEL_PASSWORD, SOFT,
+                                      kill_redis, primary_address, redis_command, replicas_linked,
+                                      sentinel_config, why_not)
 
-REDIS_SERVER = "/usr/bin/redis-server"
-REDIS_SENTINEL = "/usr/bin/redis-sentinel"
-MASTER = "factorial"
-REDIS_PASSWORD = "redis-pw-41d2"
-SENTINEL_PASSWORD = "sentinel-pw-77a0"
-# Sentinel: a primary is down after 1 s without an answer; quorum 2 of 3.
-DOWN_AFTER_MS = 1000
-
-why_not = can_run() or ("" if os.path.exists(REDIS_SENTINEL) and haproxy_binary() else
-                        "needs Debian's redis-server, redis-sentinel and haproxy")
 pytestmark = pytest.mark.skipif(bool(why_not), reason=why_not or "runs")
-
-# Hard numbers between 20000 and 120000 (20-150 ms each), every one new for a
-# long while (6173 is prime to 100000).
-HARD = (20_000 + (k * 6_173) % 100_000 for k in itertools.count())
-SOFT = itertools.count(1)
-
-
-def redis_command(host, folder, replica_of=None) -> list[str]:
-    command = [REDIS_SERVER, "--bind", host.address, "--port", "6379", "--protected-mode", "no",
-               "--save", "", "--appendonly", "no", "--dir", str(folder),
-               "--requirepass", REDIS_PASSWORD, "--masterauth", REDIS_PASSWORD]
-    if replica_of:
-        command += ["--replicaof", replica_of.address, "6379"]
-    return command
-
-
-def sentinel_config(host, primary, folder) -> str:
-    path = folder / f"sentinel-{host.name}.conf"
-    path.write_text(f"""port 26379
-bind {host.address}
-dir {folder}
-requirepass {SENTINEL_PASSWORD}
-sentinel sentinel-pass {SENTINEL_PASSWORD}
-sentinel monitor {MASTER} {primary.address} 6379 2
-sentinel auth-pass {MASTER} {REDIS_PASSWORD}
-sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}
-sentinel failover-timeout {MASTER} 5000
-sentinel parallel-syncs {MASTER} 2
-""")
-    return str(path)
-
-
-def primary_address(sentinels: list[tuple[str, int]]) -> str | None:
-    try:
-        sentinel = Sentinel(sentinels, sentinel_kwargs={"password": SENTINEL_PASSWORD, "socket_timeout": 0.5,
-                                                        "socket_connect_timeout": 0.5})
-        return sentinel.discover_master(MASTER)[0]
-    except Exception:
-        return None
-
-
-def replicas_linked(address: str) -> int:
-    try:
-        info = Redis(address, 6379, password=REDIS_PASSWORD, socket_timeout=0.5).info("replication")
-        return sum(1 for key, value in info.items() if key.startswith("slave") and value.get("state") == "online")
-    except Exception:
-        return 0
 
 
 def dashboard_workers(url: str) -> int | None:
@@ -126,13 +69,6 @@ class Stack:
     tmp_path: object
     clients: list
     balancer: HAProxy
-
-
-def kill_redis(host) -> None:
-    for pid in host.pids():
-        with open(f"/proc/{pid}/cmdline") as cmdline:
-            if "redis-server" in cmdline.read():
-                os.kill(pid, signal.SIGKILL)
 
 
 def start_web(stack: Stack, web) -> None:

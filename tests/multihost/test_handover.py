@@ -216,3 +216,37 @@ async def test_with_a_dead_or_silent_sentinel_a_killed_primary_is_replaced_withi
         assert [p for c in stack.clients for p in c.wrong_answers() if not any(t in p for t in lost)] == []
     finally:
         await topology.tear_down(stack)
+
+
+# Busy for a few seconds on one worker (GMP, then its digits): still running when its host is cut off.
+LONG_JOB = 3_000_000
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_job_whose_worker_host_is_cut_off_runs_again_on_the_other_worker(tmp_path):
+    """Depends on the job lifecycle (jobs/lifecycle.py): a worker lost to a fault outside the job
+    is not the job's failure, the job runs again (protocol: One answer per task)."""
+    loop = asyncio.get_running_loop()
+    stack = await loop.run_in_executor(None, lambda: topology.build_hosts(
+        tmp_path, {"MAX_NUMBER": str(LONG_JOB), "HARD_TIMEOUT_S": "30"}, workers=2))
+    try:
+        await topology.front(stack, 1)
+        client = stack.clients[0]
+        await client.ask(LONG_JOB)
+        await async_wait_until(lambda: client.acked, timeout=10, what="the acknowledgement")
+        task_id = next(iter(client.acked))
+
+        def running_on():
+            return next((h for h in stack.worker_hosts
+                         if f"({task_id})" in (tmp_path / f"{h.name}.log").read_text(errors="replace")), None)
+
+        host = await async_wait_until(running_on, timeout=20, what="a worker to start the job")
+        iptables(host, "-A", stack.redis_hosts)
+        cut = time.monotonic()
+        await async_wait_until(lambda: client.finals.get(task_id), timeout=60, what="the job's final answer")
+        answered_after = time.monotonic() - cut
+        print(f"\n{LONG_JOB}! on {host.name}, its host cut off: {client.finals[task_id][0].get('type')} "
+              f"{client.finals[task_id][0].get('code', '')} {answered_after:.1f} s after the cut")
+        assert client.wrong_answers() == []
+    finally:
+        await topology.tear_down(stack)

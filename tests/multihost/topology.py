@@ -129,7 +129,7 @@ class Stack:
     lab: Lab
     redis_hosts: list[Host]
     webs: list[Host]
-    worker_host: Host
+    worker_hosts: list[Host]
     sentinels: list[tuple[str, int]]
     env: dict
     folder: Path
@@ -141,15 +141,15 @@ class Stack:
                          env={**self.env, "SERVER_HOST": web.address, "SERVER_PORT": "8888"})
 
 
-def build_hosts(folder: Path, env: dict | None = None) -> Stack:
-    """Redis, Sentinels, both servers and the worker, running; HAProxy and clients not yet."""
+def build_hosts(folder: Path, env: dict | None = None, workers: int = 1) -> Stack:
+    """Redis, Sentinels, both servers and the workers, running; HAProxy and clients not yet."""
     lab = Lab(f"{os.getpid() % 10000:04d}")
-    stack = Stack(lab, [], [], None, [], {}, folder)
+    stack = Stack(lab, [], [], [], [], {}, folder)
     try:
         lab.create()
         stack.redis_hosts = [lab.add_host(f"redis-{i}", 10 + i) for i in (1, 2, 3)]
         stack.webs = [lab.add_host(f"web-{i}", 20 + i) for i in (1, 2)]
-        stack.worker_host = lab.add_host("worker-1", 31)
+        stack.worker_hosts = [lab.add_host(f"worker-{i}", 30 + i) for i in range(1, workers + 1)]
         primary = stack.redis_hosts[0]
         for host in stack.redis_hosts:
             host.start(redis_command(host, folder, None if host is primary else primary), folder / f"{host.name}.log")
@@ -169,10 +169,11 @@ def build_hosts(folder: Path, env: dict | None = None) -> Stack:
                      "HARD_TIMEOUT_S": "10", **(env or {})}
         for web in stack.webs:
             stack.start_web(web)
-        # Restarted when it exits, as its service manager would (deploy/systemd).
-        stack.worker_host.start(["sh", "-c", f"while :; do {sys.executable} -m rq.cli worker soft hard --worker-class "
-                                 "jobs.worker.LaneWorker --config stack.rq_config; sleep 0.5; done"],
-                                folder / "worker-1.log", cwd=ROOT, env=stack.env)
+        for host in stack.worker_hosts:
+            # Restarted when it exits, as its service manager would (deploy/systemd).
+            host.start(["sh", "-c", f"while :; do {sys.executable} -m rq.cli worker soft hard --worker-class "
+                        "jobs.worker.LaneWorker --config stack.rq_config; sleep 0.5; done"],
+                       folder / f"{host.name}.log", cwd=ROOT, env=stack.env)
     except BaseException:
         lab.destroy()
         raise
