@@ -10,7 +10,6 @@ refuses to listen on any other address (``RQ_DASHBOARD_BIND``) unless
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -41,11 +40,25 @@ def command(environ) -> list[str]:
     return ["rq-dashboard", "--bind", bind, "--port", port, "--config", "stack.dashboard_config"]
 
 
+def program(name: str = "rq-dashboard") -> list[str]:
+    """How to run ``name``: the script beside this interpreter (a virtualenv's bin), else this
+    interpreter running its module.
+
+    Not looked up on PATH: systemd's default PATH (deploy/systemd/factorial-dashboard.service)
+    and an unactivated virtualenv do not hold the virtualenv's bin.
+    """
+    beside = Path(sys.executable).parent / name
+    if os.access(beside, os.X_OK):
+        return [str(beside)]
+    return [sys.executable, "-m", name.replace("-", "_")]
+
+
 def main() -> None:
     argv = command(os.environ)
+    argv = program(argv[0]) + argv[1:]
     # rq-dashboard imports its --config module: let it find this project's.
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    os.execve(shutil.which(argv[0]) or argv[0], argv + sys.argv[1:], {**os.environ, "PYTHONPATH": path})
+    os.execve(argv[0], argv + sys.argv[1:], {**os.environ, "PYTHONPATH": path})
 
 
 if __name__ == "__main__":
