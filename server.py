@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import mimetypes
 import os
 import resource
 import signal
@@ -40,6 +41,9 @@ from stack import web_processes
 log = logging.getLogger("server")
 
 STATIC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+# The contract documents, served as they are in docs/ (README: "Protocol").
+DOCS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs")
+mimetypes.add_type("application/yaml", ".yaml")  # RFC 9512; Python's table has no entry for it
 # Connections waiting to be accepted; the kernel caps it at net.core.somaxconn.
 LISTEN_BACKLOG = 16384
 # Python's defaults (700, 10, 10) run a full collection every ~70,000 net
@@ -80,6 +84,7 @@ def make_app(settings: Settings, context: ServiceContext | None = None) -> torna
         [
             (r"/ws", FactorialSocket, {"context": context, "watch": watch}),
             (r"/()", StaticFiles, {"path": STATIC_PATH, "default_filename": "index.html"}),
+            (r"/(asyncapi\.yaml|openapi\.yaml)", StaticFiles, {"path": DOCS_PATH}),
             (r"/api/factorial", FactorialApiHandler, {"context": context}),
             # Any id, even an empty one or one with a slash, is a task id: unknown_task_id, as on /ws.
             (r"/api/tasks/(.*)", TaskApiHandler, {"context": context}),
