@@ -286,6 +286,15 @@ class LaneWorker(Worker):
         if not self.horse_pid:
             self.log.info("No work horse to kill (a soft job runs in-process); the job is left to end")
             return
+        try:
+            if os.getpgid(self.horse_pid) == os.getpgid(0):
+                # Forked, but not yet in a group of its own (RQ's horse calls
+                # setpgrp first thing): killing its group would kill ours. It
+                # has no children yet, so the horse alone is enough.
+                os.kill(self.horse_pid, sig)
+                return
+        except ProcessLookupError:
+            return  # already gone
         super().kill_horse(sig)
 
     def _end_horse(self) -> None:
