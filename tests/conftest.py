@@ -181,3 +181,25 @@ def served_app(redis_url):
     server = ServedApp(redis_url).start()
     yield server
     server.stop()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "foreign_websocket_peer: the test's WebSocket peer is not the service "
+                                       "(plain Tornado pinning its own behaviour): its frames are not checked")
+
+
+@pytest.fixture(autouse=True)
+def contract_checked(request):
+    """Every WebSocket frame and HTTP response a test's clients see must be one docs/asyncapi.yaml or
+    docs/openapi.yaml describes (tests/contract/wire.py); the test fails otherwise."""
+    from tests.contract import wire
+
+    wire.install()
+    wire.checking_websockets = not (request.node.get_closest_marker(wire.FOREIGN_PEER_MARKER)
+                                    or wire.FOREIGN_PEER_FIXTURES & set(request.fixturenames))
+    seen = len(wire.VIOLATIONS)
+    yield
+    wire.checking_websockets = True
+    violations = wire.VIOLATIONS[seen:]
+    del wire.VIOLATIONS[seen:]
+    assert not violations, "outside the contract documents:\n" + "\n".join(violations[:20])

@@ -70,7 +70,11 @@ def parse_frame(frame: str | bytes | dict):
         return frame
     if isinstance(frame, bytes):
         raise ValueError("a binary frame")
-    return json.loads(frame)
+    return json.loads(frame, parse_constant=_not_json)
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON (RFC 8259)")
 
 
 def shown(frame, limit: int = 200) -> str:
