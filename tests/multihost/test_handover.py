@@ -238,7 +238,7 @@ async def test_a_job_whose_worker_host_is_cut_off_runs_again_on_the_other_worker
 
         def running_on():
             return next((h for h in stack.worker_hosts
-                         if f"({task_id})" in (tmp_path / f"{h.name}.log").read_text(errors="replace")), None)
+                         if f"factorial({LONG_JOB})" in (tmp_path / f"{h.name}.log").read_text(errors="replace")), None)
 
         host = await async_wait_until(running_on, timeout=20, what="a worker to start the job")
         iptables(host, "-A", stack.redis_hosts)
@@ -248,5 +248,8 @@ async def test_a_job_whose_worker_host_is_cut_off_runs_again_on_the_other_worker
         print(f"\n{LONG_JOB}! on {host.name}, its host cut off: {client.finals[task_id][0].get('type')} "
               f"{client.finals[task_id][0].get('code', '')} {answered_after:.1f} s after the cut")
         assert client.wrong_answers() == []
+        other = next(h for h in stack.worker_hosts if h is not host)
+        assert f"factorial({LONG_JOB})" in (tmp_path / f"{other.name}.log").read_text(errors="replace"), \
+            "the job did not run again on the other worker"
     finally:
         await topology.tear_down(stack)

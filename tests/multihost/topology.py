@@ -173,7 +173,8 @@ def build_hosts(folder: Path, env: dict | None = None, workers: int = 1) -> Stac
             # Restarted when it exits, as its service manager would (deploy/systemd).
             host.start(["sh", "-c", f"while :; do {sys.executable} -m rq.cli worker soft hard --worker-class "
                         "jobs.worker.LaneWorker --config stack.rq_config; sleep 0.5; done"],
-                       folder / f"{host.name}.log", cwd=ROOT, env=stack.env)
+                       # Unbuffered: a test reads from the log which job a worker has started.
+                       folder / f"{host.name}.log", cwd=ROOT, env={**stack.env, "PYTHONUNBUFFERED": "1"})
     except BaseException:
         lab.destroy()
         raise
