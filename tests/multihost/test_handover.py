@@ -206,7 +206,8 @@ async def test_with_a_dead_or_silent_sentinel_a_killed_primary_is_replaced_withi
             return {}
 
         figures = await under_load(stack, f"{sentinel_fault} Sentinel, primary killed", kill, watch_s=6.0)
-        assert figures["first_ack_after_s"] <= FAILOVER_BOUND_S, figures
+        # Every client's next acknowledgement, not only the first one's.
+        assert max(figures["next_ack_s"]) <= FAILOVER_BOUND_S, figures
         assert topology.primary_address(stack.sentinels[1:]) != primary.address
         # A job the worker was running when Redis died may end with it (its
         # worker could not store its end): job_failed or timeout, at most one.
