@@ -219,10 +219,43 @@ class Lifecycle:
                           "started_registry": rq_schema.started_registry_key(queue)})
         return RunLost(reply or "")
 
+    def take(self, worker: str, queues: list[str]) -> tuple[str, str] | None:
+        """Move the next job of the first non-empty of ``queues`` (in this order) into ``worker``'s
+        taken list, in one step: (queue name, job id), or None when they are all empty.
+
+        The job is never in flight outside a list: a worker killed right after
+        this leaves it where the janitor finds it (jobs/janitor.py).
+        """
+        reply = self._script(args=[json.dumps({"op": "take", "job_id": "", "taken": taken_key(worker),
+                                               "queue_keys": [rq_schema.queue_key(q) for q in queues]})],
+                             client=self.redis)
+        if not reply:
+            return None
+        queue_key, job_id = (part.decode() if isinstance(part, bytes) else part for part in reply)
+        return queue_key[len(rq_schema.QUEUE_PREFIX):], job_id
+
+    def put_back_taken(self, job_id: str, worker: str) -> bool:
+        """A job in ``worker``'s taken list that the worker will not start: out of the list and,
+        if still queued, back to the front of its queue (once). False if it was no longer in the
+        list (started meanwhile, or put back by another janitor) or not requeued (cancelled, ended)."""
+        reply = self._script(args=[json.dumps({"op": "put_back_taken", "job_id": job_id,
+                                               "taken": taken_key(worker)})], client=self.redis)
+        return reply == 1
+
     def put_back_unstarted(self, job_id: str, queue: str) -> bool:
         """A job taken off ``queue`` by a worker that did not start it: back to the front."""
         return bool(self._op({"op": "put_back", "job_id": job_id, "queue_key": rq_schema.queue_key(queue),
                               "intermediate": rq_schema.intermediate_key(queue)}))
+
+
+# A LaneWorker's taken list: the jobs it moved off its queues and has not
+# registered as started yet (at most one, for milliseconds). Queued work, so
+# without a TTL; the janitor empties the list of a worker that died.
+TAKEN_PREFIX = "factorial:taken:"
+
+
+def taken_key(worker: str) -> str:
+    return TAKEN_PREFIX + worker
 
 
 _by_connection: "weakref.WeakKeyDictionary[Redis, Lifecycle]" = weakref.WeakKeyDictionary()

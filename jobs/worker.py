@@ -33,11 +33,16 @@ it to recover the jobs of workers that died.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import signal
 import time
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq.exceptions import DequeueTimeout, NoSuchJobError
+from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SimpleWorker, Worker, WorkerStatus
@@ -62,6 +67,11 @@ OUTAGE_END = "interrupted by a Redis outage"
 # Waiting for Redis to answer again: the first pause and the longest, seconds.
 RECONNECT_FIRST_S = 0.25
 RECONNECT_MAX_S = 4.0
+# A worker of several queues waits on the first one (in RQ's order) this long
+# at a time, then looks at all of them again: a job arriving on another queue
+# waits at most this long for an idle worker.
+WAIT_SLICE_S = 0.1
+MIN_WAIT_S = 0.01
 # A worker's beat renews its keys for minutes (worker_ttl + 60 s): once per
 # this many seconds is plenty. `rq suspend` is noticed within the other.
 BEAT_EVERY_S = 1.0
@@ -105,9 +115,120 @@ class LaneWorker(Worker):
         self._beats.start()
 
     def register_death(self) -> None:
+        # A stop that came while a job was taken but not started: put it back first.
+        self._tolerating_outage(self._put_back_taken)
         if self._beats is not None:
             self._tolerating_outage(self._beats.stop)
         self._tolerating_outage(super().register_death)
+
+    # --- taking a job: always from a list into a list --------------------------------
+    #
+    # RQ's worker of one queue moves a job with BLMOVE into the queue's
+    # intermediate list; of several, it pops it with BLPOP, which holds it in
+    # no list until the worker registers it as started: a worker killed in
+    # between loses the job. Here every take moves the job into this worker's
+    # own taken list (jobs/lifecycle.py ``taken_key``) in one Redis step, and
+    # registering the run takes it out in the same transaction, so a job is
+    # always in a queue, this list or the started registry. The janitor puts
+    # back what a dead worker's list holds (jobs/janitor.py).
+    #
+    # Redis cannot block on several lists and move what comes into another
+    # list (BLPOP and BLMPOP hold the job nowhere; BLMOVE watches one list).
+    # So one Lua step (``take``) moves the first job of the first non-empty
+    # queue, in RQ's order; when they are all empty, a BLMOVE waits on the
+    # first queue for WAIT_SLICE_S, and the step is tried again. A job on the
+    # first queue is taken the instant it arrives, one on another within
+    # WAIT_SLICE_S; an idle worker of several queues costs two round trips per
+    # slice. A wake-up list pushed by every enqueuer would cost nothing idle,
+    # but RQ's own enqueue (and rq-dashboard's requeue) never push it. A
+    # worker of one queue waits with one BLMOVE, as RQ's does.
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        """RQ's wait for a job (beats, maintenance, idle limit, reconnecting), taking it with ``_take``."""
+        result = None
+        self.set_state(WorkerStatus.IDLE)
+        self.procline("Listening on " + ",".join(self.queue_names()))
+        connection_wait_time = 1.0
+        idle_since = time.monotonic()
+        idle_time_left = max_idle_time
+        while True:
+            try:
+                self.heartbeat()
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                if timeout is not None and idle_time_left is not None:
+                    timeout = min(timeout, idle_time_left)
+                result = self._take(timeout)
+                if result is not None:
+                    job, queue = result
+                    self.reorder_queues(reference_queue=queue)
+                    job.redis_server_version = self.get_redis_server_version()
+                    what = job.description if self.log_job_description else job.id
+                    self.log.info("Worker %s: %s: %s", self.name, queue.name, what)
+                break
+            except DequeueTimeout:
+                if max_idle_time is not None:
+                    idle_time_left = math.ceil(max_idle_time - (time.monotonic() - idle_since))
+                    if idle_time_left <= 0:
+                        break
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self.log.error("Worker %s: could not connect to Redis instance: %s retrying in %d seconds...",
+                               self.name, exc, connection_wait_time)
+                time.sleep(connection_wait_time)
+                connection_wait_time = min(connection_wait_time * self.exponential_backoff_factor,
+                                           self.max_connection_wait_time)
+        self.heartbeat()
+        return result
+
+    def _take(self, timeout: float | None) -> tuple[Job, Queue] | None:
+        """The next job, moved into this worker's taken list: None at once when there is none and
+        ``timeout`` is None (burst), DequeueTimeout when none came within ``timeout`` seconds."""
+        queues = list(self._ordered_queues)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        taken = lifecycle.taken_key(self.name)
+        while True:
+            got = None
+            if deadline is None or len(queues) > 1:
+                got = self.lifecycle.take(self.name, [q.name for q in queues])
+            if got is None:
+                if deadline is None:
+                    return None
+                remaining = deadline - time.monotonic()
+                if remaining < MIN_WAIT_S:  # Redis reads a wait under 1 ms as "for ever"
+                    raise DequeueTimeout(timeout, ",".join(q.key for q in queues))
+                wait = remaining if len(queues) == 1 else min(WAIT_SLICE_S, remaining)
+                job_id = self.connection.blmove(queues[0].key, taken, wait, "LEFT", "RIGHT")
+                if job_id is None:
+                    continue
+                got = (queues[0].name, job_id.decode())
+            name, job_id = got
+            queue = next(q for q in queues if q.name == name)
+            try:
+                return self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer), queue
+            except NoSuchJobError:
+                self.connection.lrem(taken, 0, job_id)  # deleted while it waited: nothing to run
+            except Exception:
+                # Unreadable: dropped, as RQ's own dequeue drops it (the error ends the worker).
+                self.connection.lrem(taken, 0, job_id)
+                raise
+
+    def _put_back_taken(self) -> None:
+        for raw in self.connection.lrange(lifecycle.taken_key(self.name), 0, -1):
+            if self.lifecycle.put_back_taken(raw.decode(), self.name):
+                self.log.info("Job %s was taken but not started; put back at the front of its queue",
+                              raw.decode())
+
+    def prepare_execution(self, job: Job) -> Execution:
+        """RQ's (rq.executions.prepare_execution), with the job leaving this worker's taken list in the
+        transaction that registers its run in the started registry: never in both, never in neither."""
+        with self.connection.pipeline() as pipeline:
+            execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipeline,
+                                         worker_name=self.name)
+            self.executions[execution.id] = execution
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            pipeline.lrem(lifecycle.taken_key(self.name), 0, job.id)
+            pipeline.execute()
+        return execution
 
     # --- going on through a Redis outage -----------------------------------------
 

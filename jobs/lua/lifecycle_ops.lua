@@ -117,4 +117,45 @@ if spec.op == 'put_back' then
     return 1
 end
 
+if spec.op == 'take' then
+    -- A worker takes its next job: the first non-empty queue in the worker's
+    -- order gives its first job, moved into the worker's taken list in this
+    -- same step, so it is never held in no list. No state changes: a job
+    -- taken off its queue stays queued until a run claims it ('start').
+    for _, queue_key in ipairs(spec.queue_keys) do
+        local job_id = redis.call('LMOVE', queue_key, spec.taken, 'LEFT', 'RIGHT')
+        if job_id then
+            return {queue_key, job_id}
+        end
+    end
+    return false
+end
+
+if spec.op == 'put_back_taken' then
+    -- A job in the taken list of a worker that will not start it (dead, or
+    -- holding it too long). Claimed by whoever removes it from the list, so
+    -- two janitors never both put it back; back to the front of its queue
+    -- only if it still waits for a run, and only if it is not there already.
+    if redis.call('LREM', spec.taken, 0, spec.job_id) == 0 then
+        return 0
+    end
+    local origin = redis.call('HGET', job_key, RQ.origin)
+    if not origin then
+        return -1  -- its hash is gone: nothing left to run
+    end
+    local state = lc_state(job_key)
+    if state == '' then
+        if redis.call('HGET', job_key, RQ.status) ~= RQ.queued then
+            return -1
+        end
+    elseif state ~= LC.state.QUEUED or not lc_move(job_key, LC.state.QUEUED) then
+        return -1  -- started (its run is judged by its own record), cancelled or ended
+    end
+    local queue_key = RQ.queue_prefix .. origin
+    if not redis.call('LPOS', queue_key, spec.job_id) then
+        redis.call('LPUSH', queue_key, spec.job_id)
+    end
+    return 1
+end
+
 return redis.error_reply('unknown lifecycle op ' .. tostring(spec.op))

@@ -68,6 +68,7 @@ OVERRIDES = {
     "heartbeat": ["timeout", "pipeline"], "set_state": ["state", "pipeline"],
     "check_for_suspension": ["burst"], "run_maintenance_tasks": [],
     "maintain_heartbeats": ["job", "execution"],
+    "dequeue_job_and_maintain_ttl": ["timeout", "max_idle_time"], "prepare_execution": ["job"],
     "execute_job": ["job", "queue"], "kill_horse": ["sig"],
     "get_heartbeat_ttl": ["job", "working_time"],
     "prepare_job_execution": ["job", "remove_from_intermediate_queue"],
