@@ -117,3 +117,25 @@ async def test_urllib_still_raises_for_error_statuses_after_the_check(scripted_u
     with pytest.raises(urllib.error.HTTPError) as raised:
         await asyncio.get_running_loop().run_in_executor(None, _urllib_get, f"http://{scripted_url}/nothing")
     assert raised.value.code == 404 and b"404" in raised.value.read()
+
+
+class Refusing(tornado.web.RequestHandler):
+    def get(self):
+        self.set_status(403)
+        self.set_header("Content-Type", "application/json")
+        self.finish('{"type":"error","code":"forbidden","result":"no"}')
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_refused_handshake_is_checked_as_an_http_response(io_loop):
+    port = free_port()
+    server = HTTPServer(tornado.web.Application([(r"/ws", Refusing)]))
+    server.listen(port, "127.0.0.1")
+    before = len(wire.VIOLATIONS)
+    try:
+        with pytest.raises(Exception):
+            await websocket_connect(f"ws://127.0.0.1:{port}/ws")
+    finally:
+        server.stop()
+    found = taken_violations(before)
+    assert len(found) == 1 and "forbidden" in found[0], found
