@@ -30,6 +30,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Protocol, TypeVar
 
@@ -46,8 +47,9 @@ T = TypeVar("T")
 PROBE_INTERVAL_S = 0.25
 # A PING slower than this counts as no answer.
 PROBE_TIMEOUT_S = 0.5
-# How often open WebSockets are checked against REDIS_LOST_CLOSE_S.
-CHECK_INTERVAL_S = 0.25
+# How often waiting requests are checked against REDIS_UNAVAILABLE_S, and
+# open WebSockets against REDIS_LOST_CLOSE_S.
+CHECK_INTERVAL_S = 0.1
 IDLE_STOP_S = 10.0
 # RFC 6455 section 7.4.1 and the IANA registry: "Try Again Later".
 TRY_AGAIN_LATER = 1013
@@ -69,6 +71,7 @@ class RedisWatch:
         # probe thread only; a float is read and written whole.
         self._pinged = clock()
         self._sockets: dict[Closable, float] = {}  # open WebSocket -> when it opened
+        self._asked: deque[tuple[float, asyncio.Future]] = deque()  # requests not answered yet, in arrival order
         self._checker: PeriodicCallback | None = None
         self._probe: threading.Thread | None = None
         self._stop = threading.Event()
@@ -94,34 +97,42 @@ class RedisWatch:
     # --- requests -----------------------------------------------------------------
 
     def bounded(self, answer: asyncio.Future, asked_at: float) -> asyncio.Future:
-        """``answer``, or ``unavailable`` if Redis stays silent ``REDIS_UNAVAILABLE_S`` after ``asked_at``."""
+        """``answer``, failed with ``unavailable`` if Redis stays silent ``REDIS_UNAVAILABLE_S`` after ``asked_at``.
+
+        The job client's futures are failed in place (it never resolves a
+        future that is done): no timer and no second future per request, only
+        an entry in a queue that the periodic check looks at. A task (a
+        cancel) gets a future of its own, since a task cannot be failed.
+        """
         if answer.done():
             return answer
+        if isinstance(answer, asyncio.Task):
+            answer = _mirror(answer)
+        if self.silent_for() >= self.settings.redis_unavailable_s:
+            answer.set_exception(unavailable())
+            return answer
+        self._asked.append((asked_at, answer))
+        self._keep_checking()
+        return answer
+
+    def _fail_overdue(self, now: float) -> None:
+        """Fail the requests that waited REDIS_UNAVAILABLE_S with no answer from Redis since they arrived."""
+        asked = self._asked
+        while asked and asked[0][1].done():
+            asked.popleft()
         budget = self.settings.redis_unavailable_s
-        loop = asyncio.get_running_loop()
-        bounded = loop.create_future()
-        if self.silent_for() >= budget:
-            bounded.set_exception(unavailable())
-            answer.add_done_callback(_consume)
-            return bounded
-        timer = loop.call_later(max(asked_at + budget - self.clock(), 0), self._overdue, answer, bounded, asked_at)
-
-        def settled(done: asyncio.Future) -> None:
-            timer.cancel()
-            _copy(done, bounded)
-
-        answer.add_done_callback(settled)
-        return bounded
-
-    def _overdue(self, answer: asyncio.Future, bounded: asyncio.Future, asked_at: float) -> None:
-        if bounded.done():
-            return
-        if self.last_reached >= asked_at:
-            # Redis answers: the request is slow, not stranded. Look again later.
-            asyncio.get_running_loop().call_later(self.settings.redis_unavailable_s, self._overdue, answer,
-                                                  bounded, self.clock())
-            return
-        bounded.set_exception(unavailable())
+        last_reached = self.last_reached
+        if not asked or now - last_reached < budget:
+            return  # heard from Redis within the budget: no request can be overdue
+        waiting = deque()
+        for asked_at, answer in asked:
+            if answer.done():
+                continue
+            if now - asked_at >= budget and last_reached < asked_at:
+                answer.set_exception(unavailable())
+            else:
+                waiting.append((asked_at, answer))  # Redis answered since: slow, not stranded
+        self._asked = waiting
 
     # --- WebSockets -------------------------------------------------------------
 
@@ -133,20 +144,24 @@ class RedisWatch:
             now -= lost_close_s - min(self.settings.redis_unavailable_s, lost_close_s)
         self._sockets[socket] = now
         self._keep_probing()
-        if self._checker is None:
-            self._checker = PeriodicCallback(self._check_sockets, CHECK_INTERVAL_S * 1000)
-            self._checker.start()
+        self._keep_checking()
 
     def closed(self, socket: Closable) -> None:
         self._sockets.pop(socket, None)
 
-    def _check_sockets(self) -> None:
-        if not self._sockets:
+    def _keep_checking(self) -> None:
+        if self._checker is None:
+            self._checker = PeriodicCallback(self._check, CHECK_INTERVAL_S * 1000)
+            self._checker.start()
+
+    def _check(self) -> None:
+        if not self._sockets and not self._asked:
             self._checker.stop()
             self._checker = None
             return
         self._keep_probing()
         now = self.clock()
+        self._fail_overdue(now)
         limit = self.settings.redis_lost_close_s
         lost = [s for s, opened in self._sockets.items() if now - max(self.last_reached, opened) >= limit]
         if lost:
@@ -204,19 +219,20 @@ class RedisWatch:
         self._health_reads.shutdown(wait=False, cancel_futures=True)
 
 
-def _copy(source: asyncio.Future, target: asyncio.Future) -> None:
-    if target.done():
-        _consume(source)
-    elif source.cancelled():
-        target.cancel()
-    elif source.exception() is not None:
-        target.set_exception(source.exception())
-    else:
-        target.set_result(source.result())
+def _mirror(task: asyncio.Task) -> asyncio.Future:
+    """A future that ends as ``task`` does, unless it was failed first."""
+    mirror = asyncio.get_running_loop().create_future()
 
+    def copy(done: asyncio.Task) -> None:
+        if mirror.done():
+            if not done.cancelled():
+                done.exception()  # read, so asyncio does not log it
+        elif done.cancelled():
+            mirror.cancel()
+        elif done.exception() is not None:
+            mirror.set_exception(done.exception())
+        else:
+            mirror.set_result(done.result())
 
-def _consume(future: asyncio.Future) -> None:
-    """Mark an answer no one will read as read, so asyncio does not log its exception."""
-    if not future.cancelled():
-        future.exception()
-
+    task.add_done_callback(copy)
+    return mirror
