@@ -153,7 +153,7 @@ class FrameContract:
     def _why(by_type: dict, frame, what: str) -> str | None:
         try:
             message = parse_frame(frame)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested arrays, as for the server
             return f"not a JSON text frame ({str(exc)[:100]})"
         if not isinstance(message, dict):
             return "not a JSON object"
