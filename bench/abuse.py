@@ -52,6 +52,7 @@ log = logging.getLogger("bench.abuse")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "var" / "bench" / "abuse.json"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SLOWLOG_KEPT = 10_000
 STORED_BIG = 100_000
 NORMAL, NON_READER, REFILL, POST_DELETE, FOREIGN = "127.0.0.2", "127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13"
 NON_READER_EVERY_S = 0.005
@@ -76,6 +77,7 @@ class Tally:
 
     counts: dict[str, int] = field(default_factory=dict)
     five_ms: list[float] = field(default_factory=list)  # the normal client's 5!, since the last sample
+    all_five_ms: list[float] = field(default_factory=list)  # and over the whole run
 
     def add(self, name: str, by: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + by
@@ -112,7 +114,9 @@ async def normal(url: str, tally: Tally, victims: asyncio.Queue, stop: asyncio.E
                 elif message["type"] == "success" and got.startswith("v"):
                     tally.add("victim success")
                 elif message["type"] == "success" and got in waiting:
-                    tally.five_ms.append((time.monotonic() - waiting.pop(got)) * 1000)
+                    took = (time.monotonic() - waiting.pop(got)) * 1000
+                    tally.five_ms.append(took)
+                    tally.all_five_ms.append(took)
                 elif message["type"] == "error":
                     tally.add(f"normal error {message['code']}")
                     waiting.pop(got, None)
@@ -263,6 +267,7 @@ def sample(stack: stacks.Stack, server: stacks.Server, tally: Tally, began: floa
         "five_count": len(five),
         "five_p50_ms": round(percentile(five, 50), 1) if five else None,
         "five_p95_ms": round(percentile(five, 95), 1) if five else None,
+        "five_ms": [round(x, 1) for x in five],  # for the minutes' percentiles (per_minute)
         "non_reader_closed": tally.counts.get("non-reader closed by the server", 0),
         "refill_limited": tally.counts.get("refill rate_limited", 0),
         "post_delete_cycles": sum(v for k, v in tally.counts.items() if k.startswith("post-delete ")),
@@ -284,10 +289,32 @@ def markdown(samples: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def per_minute(samples: list[dict]) -> str:
+    """The samples a minute at a time, for docs: the highest RSS, Redis at the minute's end, the
+    normal client's 5! percentiles over the minute."""
+    minutes: dict[int, list[dict]] = {}
+    for s in samples:
+        minutes.setdefault(max(0, (s["t_s"] - 1) // 60), []).append(s)
+    lines = ["| minute | server RSS, highest (MB) | Redis used_memory at its end (MB) | hard jobs waiting, highest "
+             "| 5! answered | 5! p50 (ms) | 5! p95 (ms) | 5! p99 (ms) "
+             "| non-reader closed (1008), in all | POST+DELETE cycles, in all | load (1 min), highest |",
+             "|" + "---|" * 11]
+    for minute, group in sorted(minutes.items()):
+        five = [x for s in group for x in s["five_ms"]]
+        lines.append("| " + " | ".join(str(x) for x in (
+            minute + 1, max(s["server_rss_mb"] for s in group), group[-1]["redis_used_mb"],
+            max(s["hard_waiting"] for s in group), sum(s["five_count"] for s in group),
+            *(round(percentile(five, q), 1) if five else "" for q in (50, 95, 99)),
+            group[-1]["non_reader_closed"], group[-1]["post_delete_cycles"], max(s["load_1min"] for s in group),
+        )) + " |")
+    return "\n".join(lines)
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 async def soak(stack: stacks.Stack, server: stacks.Server, seconds: float, every_s: float,
-               alone: bool = False) -> list[dict]:
+               alone: bool = False) -> tuple[list[dict], list[float]]:
+    """The samples, and every 5! latency of the normal client (ms)."""
     url = server.url
     http_url = url.replace("ws://", "http://").removesuffix("/ws")
     host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
@@ -298,6 +325,9 @@ async def soak(stack: stacks.Stack, server: stacks.Server, seconds: float, every
         pass
     first.close()
 
+    # Every command over 10 ms during the run, kept for the report (redis_footprint).
+    stack.redis.config_set("slowlog-max-len", SLOWLOG_KEPT)
+    stack.redis.slowlog_reset()
     tally, stop, victims = Tally(), asyncio.Event(), asyncio.Queue()
     clients = {"normal": normal(url, tally, victims, stop)}
     if not alone:
@@ -325,13 +355,14 @@ async def soak(stack: stacks.Stack, server: stacks.Server, seconds: float, every
         done, running = await asyncio.wait(tasks.values(), timeout=15)
         for task in running:
             task.cancel()
-    return samples
+    return samples, tally.all_five_ms
 
 
 def redis_footprint(redis) -> dict:
     """Where Redis's memory went: bytes by key pattern (ids replaced by *), and its slow log."""
+    slow = redis.slowlog_get(SLOWLOG_KEPT)  # first: the SCANs below are slow commands too
     by_pattern: dict[str, list[int]] = {}
-    names = list(redis.scan_iter(count=10_000))
+    names = list(redis.scan_iter(count=1000))
     for i in range(0, len(names), 1000):
         with redis.pipeline(transaction=False) as pipe:
             for name in names[i : i + 1000]:
@@ -343,7 +374,6 @@ def redis_footprint(redis) -> dict:
             by_pattern.setdefault(pattern, [0, 0])
             by_pattern[pattern][0] += 1
             by_pattern[pattern][1] += size or 0
-    slow = redis.slowlog_get(128)
     return {
         "keys_by_pattern": {k: {"keys": c, "mb": round(b / 2**20, 2), "bytes_each": b // c}
                             for k, (c, b) in sorted(by_pattern.items(), key=lambda kv: -kv[1][1])[:15]},
@@ -359,7 +389,7 @@ def main(minutes: float, every_s: float, redis_maxmemory: str, json_path: Path =
     try:
         stack.start_workers(2, "jobs.worker.LaneWorker")
         server = stack.start_server(default_limits())
-        samples = asyncio.run(soak(stack, server, minutes * 60, every_s, alone))
+        samples, five_ms = asyncio.run(soak(stack, server, minutes * 60, every_s, alone))
         footprint = redis_footprint(stack.redis)
     finally:
         stack.close()
@@ -368,13 +398,18 @@ def main(minutes: float, every_s: float, redis_maxmemory: str, json_path: Path =
     summary = {
         "server_rss_mb_min_max": [min(s["server_rss_mb"] for s in samples), max(s["server_rss_mb"] for s in samples)],
         "redis_used_mb_min_max": [min(s["redis_used_mb"] for s in samples), max(s["redis_used_mb"] for s in samples)],
+        "five_ms_p50_p95_p99_over_the_run": ([round(percentile(five_ms, q), 1) for q in (50, 95, 99)]
+                                             if five_ms else None),
+        "five_answered": len(five_ms),
         "five_p95_ms_max": max((s["five_p95_ms"] for s in fives), default=None),
         "five_p95_ms_median": sorted(s["five_p95_ms"] for s in fives)[len(fives) // 2] if fives else None,
         "counts": counts,
         "redis": footprint,
     }
-    text = (f"{'normal client alone (baseline)' if alone else 'abuse soak'}, {minutes:g} min, a sample every {every_s:g} s, Redis maxmemory {redis_maxmemory}, "
+    what = "normal client alone (baseline)" if alone else "abuse soak"
+    text = (f"{what}, {minutes:g} min, a sample every {every_s:g} s, Redis maxmemory {redis_maxmemory}, "
             f"per-client limits at their defaults, commit {_commit()}\n\n{markdown(samples)}\n\n"
+            f"A minute at a time:\n\n{per_minute(samples)}\n\n"
             + "\n".join(f"- {k}: {v}" for k, v in counts.items())
             + f"\n\nsummary: {json.dumps({k: v for k, v in summary.items() if k not in ('counts', 'redis')})}"
             + f"\n\nRedis at the end: {json.dumps(footprint, indent=1)}")
