@@ -90,7 +90,8 @@ class RedisWatch:
         return self._pinged if by_jobs is None else max(self._pinged, by_jobs)
 
     def silent_for(self) -> float:
-        """Seconds since the last PING Redis answered was sent (about PROBE_INTERVAL_S when all is well)."""
+        """Seconds since Redis last answered (a few hundredths while the job client is busy, at most about
+        PROBE_INTERVAL_S when all is well)."""
         self._keep_probing()
         return max(self.clock() - self.last_reached, 0.0)
 
