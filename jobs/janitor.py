@@ -32,6 +32,13 @@ its own clock, never from timestamps written by different hosts:
   minutes on). Its unstarted jobs are found only where RQ holds them: a stock
   worker of several queues pops a job with BLPOP into no list, and one killed
   in that instant loses it.
+- A stock worker that lives on but whose work horse died (SIGKILL, out of
+  memory), or whose run RQ's own cleanup took for abandoned, has its job
+  failed by RQ with no failure callback run: RQ says ``failed`` while the job
+  is still ``started`` and its clients wait. Found among each queue's latest
+  failures and left ``UNSTARTED_GRACE_S`` for a callback on its way, such a
+  run is lost too; a horse that RQ killed past the job's time limit makes the
+  job a ``timeout``.
 - A job a live worker has held unstarted for ``UNSTARTED_GRACE_S`` (a live
   worker starts its job milliseconds after taking it), measured by the
   remaining TTL of a key set when it was first seen, also goes back: its
@@ -62,11 +69,14 @@ from redis import Redis
 from rq import Queue
 from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL
 from rq.executions import Execution
+from rq.job import JobStatus
+from rq.utils import utcparse
 from rq.worker import Worker
 
 from jobs import events, keys, lifecycle, rq_schema
 from jobs.lifecycle import FIELDS, RunLost, State
 from jobs.routing import QUEUES, SOFT
+from protocol import FIXED_TEXTS, ErrorCode
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,6 +98,12 @@ TRUST_AFTER_S = ALIVE_TTL_S + 2 * BEAT_S
 STOCK_TRUST_AFTER_S = DEFAULT_JOB_MONITORING_INTERVAL + 5.0
 
 WORKER_LOST = "its worker stopped responding"
+HORSE_LOST = "its work horse died"
+# How many of each queue's latest failures are looked at, each round, for runs
+# RQ ended under a stock worker without the job's own end (below).
+RECENT_FAILURES = 100
+# Marks when such a run was first seen; its remaining TTL tells how long ago.
+ENDED_SEEN_PREFIX = "factorial:rq-ended:"
 
 # Forget a dead worker only if it is still dead and holds nothing: a worker
 # that resumed may have taken a job since its list was read.
@@ -215,6 +231,7 @@ class Janitor:
         held = [(job_id, q, "") for q in self.queues for job_id in in_intermediate[q.name]]
         held += [(job_id, None, name) for name in beating if name not in dead for job_id in taken[name]]
         self._put_back_unstarted([h for h in held if h[0] not in started_ids], started_ids, recovery)
+        self._recover_runs_rq_ended(recovery)  # RQ's record of a failure, which no pause of Redis fakes
         for name in dead:
             # Every job it held was claimed above: forget it, unless it took one since.
             self._forget_worker(keys=[keys.BEATING_WORKERS, keys.worker_alive(name), lifecycle.taken_key(name)],
@@ -238,6 +255,57 @@ class Janitor:
             if not self._claim(run.queue, run.job_id, run.entry, recovery, run_id):
                 # Not that run's any more, and its lease is gone: a leftover entry.
                 self.redis.zrem(run.queue.started_job_registry.key, run.entry)
+
+    def _recover_runs_rq_ended(self, recovery: Recovery) -> None:
+        """Runs that RQ ended under a stock worker without the job's own end: its work horse died
+        (SIGKILL, out of memory) or RQ's cleanup took it for abandoned. RQ failed the job, but
+        no failure callback ran in the run, so the job is still ``started`` and its clients wait:
+        the run is lost (it runs again), or, if its horse was killed past the job's time limit,
+        the job is a timeout. Left for UNSTARTED_GRACE_S first, for a callback still on its way."""
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.zrevrange(queue.failed_job_registry.key, 0, RECENT_FAILURES - 1)
+        failed = [(q, j.decode()) for q, ids in zip(self.queues, pipe.execute()) for j in ids]
+        if not failed:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for _, job_id in failed:
+            pipe.hmget(rq_schema.JOB_PREFIX + job_id, [FIELDS["state"], FIELDS["run"], FIELDS["worker"],
+                                                       rq_schema.STATUS_FIELD, "started_at", "ended_at", "timeout"])
+        ended = []
+        for (queue, job_id), fields in zip(failed, pipe.execute()):
+            state, run, owner, status, started_at, ended_at, timeout = ((v or b"").decode() for v in fields)
+            if state == State.STARTED.value and status == JobStatus.FAILED.value and run and not owner:
+                ended.append((queue, job_id, run, _overran(started_at, ended_at, timeout)))
+        if not ended:
+            return
+        ttl_ms = int(UNSTARTED_KEY_TTL_S * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        for _, job_id, _, _ in ended:
+            pipe.set(ENDED_SEEN_PREFIX + job_id, 1, nx=True, px=ttl_ms)
+            pipe.pttl(ENDED_SEEN_PREFIX + job_id)
+        ages = [ttl_ms - remaining for remaining in pipe.execute()[1::2]]
+        for (queue, job_id, run, overran), age_ms in zip(ended, ages):
+            if age_ms < UNSTARTED_GRACE_S * 1000:
+                continue
+            task_ids = _task_ids(self.redis, job_id) if queue.name == SOFT else [job_id]
+            if overran:
+                if self.lifecycle.fail(job_id, run, task_ids, ErrorCode.TIMEOUT.value,
+                                       FIXED_TEXTS[ErrorCode.TIMEOUT], self.settings.failure_ttl_s):
+                    log.warning("Job %s on %s: its work horse was killed past its time limit; timeout",
+                                job_id, queue.name)
+                    recovery.failed.append(job_id)
+            else:
+                outcome = self.lifecycle.run_lost(job_id, run, queue.name, HORSE_LOST, task_ids,
+                                                  self.settings.job_max_attempts, self.settings.failure_ttl_s)
+                if outcome == RunLost.REQUEUED:
+                    # Queued again: no longer one of RQ's failures.
+                    self.redis.zrem(queue.failed_job_registry.key, job_id)
+                    log.warning("Job %s on %s: %s; requeued to run again", job_id, queue.name, HORSE_LOST)
+                    recovery.requeued.append(job_id)
+                elif outcome == RunLost.FAILED:
+                    recovery.failed.append(job_id)
+            self.redis.delete(ENDED_SEEN_PREFIX + job_id)
 
     def _put_back_unstarted(self, held: list[tuple[str, Queue | None, str]], started_ids: set[str],
                             recovery: Recovery) -> None:
@@ -288,6 +356,14 @@ def _run(queue: Queue, entry: str, execution_worker, job_fields, redis: Redis) -
                 leased=execution_worker is not None,
                 runner=(execution_worker or b"").decode() or job_worker,
                 state=state, run=run, owner=owner)
+
+
+def _overran(started_at: str, ended_at: str, timeout: str) -> bool:
+    """Whether a run RQ ended lasted longer than the job's time limit (RQ kills an overrunning
+    horse 60 s past it). Both times were written by the one worker that ran it."""
+    if not (started_at and ended_at and timeout.lstrip("-").isdigit()) or int(timeout) <= 0:
+        return False
+    return (utcparse(ended_at) - utcparse(started_at)).total_seconds() > int(timeout)
 
 
 def _task_ids(redis: Redis, job_id: str) -> list[str]:

@@ -169,3 +169,28 @@ async def test_a_stock_worker_killed_mid_job_with_its_horse_has_its_job_run_agai
     # It ran again: the killed run, then the one that answered; the killed run's entry is gone.
     assert redis_client.hget(f"rq:job:{task_id}", "factorial_runs") == b"2"
     assert redis_client.zcard("rq:wip:hard") == 0
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_stock_workers_killed_horse_has_its_job_run_again(app, ws_url, redis_url, redis_client, workers,
+                                                                   tmp_path):
+    # RQ fails the job ("Work-horse terminated unexpectedly") and runs no failure callback:
+    # without the janitor its clients would wait for ever.
+    stock = {"RQ_WORKER_CLASS": "rq.worker.Worker"}
+    worker = WorkerProcess(redis_url, worker_class=None, extra_env=stock, log_path=tmp_path / "worker.log").start()
+    workers.append(worker)
+    client = await Client.connect(ws_url)
+    ack = await client.ask({"type": "factorial", "number": RERUN})
+    task_id = ack["task_id"]
+    [horse] = await async_wait_until(
+        lambda: redis_client.hget(f"rq:job:{task_id}", "factorial_state") == b"started"
+        and children(worker.process.pid), timeout=20, what="the job to start in a work horse")
+    os.kill(horse, signal.SIGKILL)
+    killed = time.monotonic()
+    done = await _until_end(client, 60)
+    told_after = time.monotonic() - killed
+    log.info("stock worker's horse SIGKILLed during %d!: success %.1f s after the kill", RERUN, told_after)
+    assert done["type"] == "success" and done["task_id"] == task_id, done
+    assert told_after < 30
+    assert redis_client.hget(f"rq:job:{task_id}", "factorial_runs") == b"2"
+    assert redis_client.zcard("rq:failed:hard") == 0

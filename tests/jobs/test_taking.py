@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from rq import Queue
@@ -231,3 +232,39 @@ def test_a_live_stock_workers_run_is_left_alone_and_so_is_a_job_the_service_did_
     assert run(trusted_janitor(redis_client)).requeued == []
     # RQ's own cleanup has the foreign job; the service's job runs on.
     assert redis_client.zcard("rq:wip:hard") == 2 and store.states([task_id])[task_id].status == "started"
+
+
+# --- stock workers: runs RQ ended without the job's own end -------------------------------------
+
+
+def rq_failed(redis_client, job_id: str, worker: str, ran_s: float) -> None:
+    """What a stock worker writes when its horse dies: RQ's failure of the job (no callback ran)."""
+    job = Job.fetch(job_id, connection=redis_client)
+    job.started_at = datetime.now(timezone.utc) - timedelta(seconds=ran_s)
+    job.ended_at = datetime.now(timezone.utc)
+    with redis_client.pipeline() as pipe:
+        job.save(pipeline=pipe)
+        job.set_status("failed", pipeline=pipe)
+        Queue(job.origin, connection=redis_client).failed_job_registry.add(job, ttl=600, pipeline=pipe,
+                                                                           exc_string="Work-horse terminated")
+        pipe.execute()
+
+
+def test_a_stock_run_whose_horse_died_runs_again_and_one_killed_past_its_limit_is_a_timeout(
+        store, redis_client, monkeypatch):
+    monkeypatch.setattr(janitor, "UNSTARTED_GRACE_S", 1.5)  # longer than a round's lock
+    register_stock_worker(redis_client, "stock-d")
+    died, overran = (store.submit([n])[n].task_id for n in (5003, 5004))
+    for task_id, ran_s in ((died, 2), (overran, 125)):  # the hard limit is 60 s; RQ kills at 120
+        execution = stock_start(redis_client, task_id, "stock-d", lease_s=60)
+        redis_client.zrem("rq:wip:hard", execution.composite_key)  # RQ's end of the run
+        rq_failed(redis_client, task_id, "stock-d", ran_s)
+    sweeper = trusted_janitor(redis_client)
+    assert run(sweeper).requeued == []  # first sight: a failure callback may be on its way
+    recovery = wait_until(lambda: (found := sweeper.run_once()) and (found.requeued or found.failed) and found,
+                          timeout=5, what="the runs RQ ended")
+    assert (recovery.requeued, recovery.failed) == ([died], [overran])
+    assert redis_client.lrange("rq:queue:hard", 0, -1) == [died.encode()]
+    assert redis_client.zrange("rq:failed:hard", 0, -1) == [overran.encode()]
+    states = store.states([died, overran])
+    assert states[died].status == "queued" and states[overran].error.code.value == "timeout"
