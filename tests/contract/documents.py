@@ -53,12 +53,16 @@ def resolve(document: dict, pointer: str) -> dict:
 def inlined(document: dict, node):
     """``node`` with every local reference replaced by what it names (the documents have no cycles).
 
-    A validator of an inlined schema resolves nothing while it validates: about a hundred times
-    faster per frame than one that follows references through a registry.
+    A validator of an inlined schema resolves nothing while it validates: several times faster
+    per frame than one that follows references through a registry (measured: 0.9 ms against
+    4.5 ms on the loaded machine).
     """
     if isinstance(node, dict):
         if "$ref" in node:
-            return inlined(document, resolve(document, node["$ref"]))
+            named = inlined(document, resolve(document, node["$ref"]))
+            siblings = {key: value for key, value in node.items() if key != "$ref"}
+            # OpenAPI 3.1 (JSON Schema 2020-12) applies keywords beside a reference too.
+            return {"allOf": [named, inlined(document, siblings)]} if siblings else named
         return {key: inlined(document, value) for key, value in node.items()}
     if isinstance(node, list):
         return [inlined(document, value) for value in node]
