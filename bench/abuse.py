@@ -349,7 +349,7 @@ async def soak(stack: stacks.Stack, server: stacks.Server, seconds: float, every
                 if task.done():
                     raise RuntimeError(f"the {name} client stopped: {task.exception()!r}")
             samples.append(await asyncio.to_thread(sample, stack, server, tally, began))
-            log.info("%s", {k: v for k, v in samples[-1].items() if k != "counts"})
+            log.info("%s", {k: v for k, v in samples[-1].items() if k not in ("counts", "five_ms")})
     finally:
         stop.set()
         done, running = await asyncio.wait(tasks.values(), timeout=15)
