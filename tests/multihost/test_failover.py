@@ -212,11 +212,10 @@ async def test_faults_in_turn_lose_no_acknowledged_task(tmp_path):
               "waiting at the fault | client reconnects |\n| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows))
         print(f"{acked} tasks acknowledged in all, each answered once; slowest answer {slowest:.1f} s after "
               f"its acknowledgement; {len(lost_with_worker)} failed with their worker")
-        # A job running when its worker lost Redis may end with it: its client
-        # hears job_failed or timeout (at most one per Redis fault: the one the worker ran).
-        assert len(lost_with_worker) <= 2
-        assert [problem for c in clients for problem in c.wrong_answers() if not any(
-            t in problem for t in lost_with_worker)] == []
+        # A run interrupted by a failover is not the job's failure: it runs
+        # again (jobs/lifecycle.py), so no client hears job_failed or timeout.
+        assert lost_with_worker == []
+        assert [problem for c in clients for problem in c.wrong_answers()] == []
     finally:
         if dashboard is not None:
             stop_process(dashboard)
