@@ -20,8 +20,9 @@ from typing import Hashable, Iterable, Protocol
 from tornado.ioloop import PeriodicCallback
 
 import protocol
-from jobs.client import OUTAGE_ERRORS, JobClient, RedisFull, spawn
+from jobs.client import JobClient, RedisFull, spawn
 from jobs.janitor import RUN_EVERY_S
+from jobs.outage import OUTAGE_ERRORS
 from jobs.routing import SOFT
 from jobs.states import FINISHED, STARTED, Event, JobState
 from jobs.store import Waits

@@ -16,7 +16,7 @@ from handlers.errors import JsonRequestHandler
 from handlers.redis_watch import RedisWatch
 from handlers.identity import client_of
 from handlers.limits import RequestRate
-from jobs.client import OUTAGE_ERRORS
+from jobs.outage import OUTAGE_ERRORS
 from jobs.store import JobStore
 from protocol import ProtocolError
 

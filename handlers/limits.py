@@ -7,7 +7,8 @@ import time
 import weakref
 from typing import Callable, Protocol
 
-from jobs.client import OUTAGE_ERRORS, JobClient, RedisFull
+from jobs.client import JobClient, RedisFull
+from jobs.outage import OUTAGE_ERRORS
 from jobs.quota import Admission, QuotaStore, refusal
 from protocol import ErrorCode, ProtocolError
 from settings import Settings

@@ -15,11 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict
 from typing import Awaitable, Callable, Container, Iterable, Protocol, TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from jobs.outage import OutageLog
+from jobs.outage import OUTAGE_ERRORS, OutageLog
 from jobs.janitor import Janitor
 from jobs.quota import Admission, QuotaStore, Verdict, refusal
 from jobs.states import FINISHED, Event, JobState
@@ -28,10 +26,6 @@ from protocol import ErrorCode, ProtocolError, unknown_task
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Only these mean "Redis cannot be reached"; any other exception is a bug or a
-# misconfiguration, and is logged with its traceback instead of passing for an outage.
-OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError)
 
 # Redis 6 reports a write its script made past ``maxmemory`` inside a script error.
 _OOM_TEXT = "OOM command not allowed"

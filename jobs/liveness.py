@@ -21,8 +21,8 @@ import time
 from redis import Redis
 
 from jobs import keys
-from jobs.client import OUTAGE_ERRORS
 from jobs.janitor import ALIVE_TTL_S, BEAT_S, Janitor
+from jobs.outage import OUTAGE_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,9 @@ when it starts, again at doubling intervals (capped) while it lasts, with the
 count of failed calls, and once when it ends. The same log serves other
 lasting refusals, such as a Redis at its ``maxmemory`` refusing writes
 (``down`` and ``up`` name the state and its end).
+
+It also says which exceptions mean an outage, for the server and the workers
+alike (the workers import nothing of the server).
 """
 
 from __future__ import annotations
@@ -13,6 +16,24 @@ from __future__ import annotations
 import logging
 import time
 from typing import Callable
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+class NotReplicated(Exception):
+    """Fewer replicas than REDIS_MIN_REPLICAS confirmed a submit's writes in time (jobs/store.py)."""
+
+
+# Only these mean "Redis cannot be reached"; any other exception is a bug or a
+# misconfiguration, and is logged with its traceback instead of passing for an outage.
+OUTAGE_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    # Writes the primary took but too few replicas confirmed: a primary lost now
+    # could undo them, so the client hears ``unavailable`` as in an outage.
+    NotReplicated,
+)
 
 # The first reminder comes this long after the start of an outage; each next
 # one twice as long after the previous, at most MAX_REPEAT_S.

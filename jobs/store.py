@@ -14,13 +14,13 @@ from typing import Collection, NamedTuple, Sequence
 
 from redis import Redis
 from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Callback, Queue
 from rq.command import send_command
 from rq.job import Job, JobStatus
 
 from jobs import events, keys, rq_schema, scripts
 from jobs.lifecycle import FIELDS, State
+from jobs.outage import NotReplicated
 from jobs.states import FAILED, FINISHED, MISSING, QUEUED, STARTED, Event, JobState
 from jobs.routing import QUEUES, SOFT, queue_for, timeout_for
 from protocol import ErrorCode, ProtocolError
@@ -39,10 +39,6 @@ _JOB_FIELDS = (FIELDS["state"], rq_schema.ORIGIN_FIELD, FIELDS["code"], FIELDS["
 
 # Lifecycle states that mean "not running yet" to a client.
 _WAITING_STATES = {State.PENDING.value, State.QUEUED.value}
-
-
-class NotReplicated(RedisTimeoutError):
-    """Fewer replicas than REDIS_MIN_REPLICAS confirmed a submit's writes in time (an outage, to clients)."""
 
 
 # The client of requests that name none (tests, tools).

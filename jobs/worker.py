@@ -48,10 +48,10 @@ from rq.queue import Queue
 from rq.worker import SimpleWorker, Worker, WorkerStatus
 
 from jobs import events, lifecycle
-from jobs.client import OUTAGE_ERRORS
 from jobs.janitor import Janitor
 from jobs.lifecycle import RunLost
 from jobs.liveness import Heartbeat
+from jobs.outage import OUTAGE_ERRORS
 from jobs.routing import SOFT
 from protocol import FIXED_TEXTS, ErrorCode
 from settings import Settings
