@@ -58,7 +58,6 @@ class ResultDelivery:
     def __init__(self, jobs: JobClient, settings: Settings):
         self.jobs = jobs
         self.settings = settings
-        self.outage = False
         self._waiting: dict[str, dict[Subscriber, list]] = {}
         self._by_subscriber: dict[Subscriber, set[str]] = {}
         # Requests each subscriber waits with: every repeat of a task counts (handlers/limits.py).

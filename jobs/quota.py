@@ -36,13 +36,11 @@ from protocol import ErrorCode, ProtocolError
 from settings import Settings
 
 PREFIX = "factorial:quota:"
-# Limits a refusal can name; the script returns these strings.
+# Limits a refusal can name; the script returns these strings (or "requests_per_s").
 CONNECTIONS = "connections"
 IN_FLIGHT = "in_flight"
-REQUESTS_PER_S = "requests_per_s"
 
-_SCRIPT = """
-local prefix = 'factorial:quota:'
+_SCRIPT = f"local prefix = '{PREFIX}'" + """
 local p = cjson.decode(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

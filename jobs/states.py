@@ -18,8 +18,6 @@ FAILED = "failed"
 # No such job, or its result has expired.
 MISSING = "missing"
 
-ENDED = (FINISHED, FAILED, MISSING)
-
 
 @dataclass(frozen=True)
 class JobState:
@@ -30,10 +28,6 @@ class JobState:
     queue: str = ""
     payload: bytes | None = None  # the success message, when finished
     error: ProtocolError | None = None  # when failed
-
-    @property
-    def ended(self) -> bool:
-        return self.status in ENDED
 
     def final_answer(self) -> bytes | ProtocolError | None:
         """The success message or the error this state ends with; None while the job is pending."""

@@ -196,9 +196,8 @@ class JobStore:
         members = [int(m[0]) for job in jobs for m in job["members"]]
         answers: dict[int, JobState | ProtocolError] = {}
         for i, number in enumerate(members):
-            reply = flat[6 * i : 6 * i + 6]
-            task_id, status, queue = (value.decode() for value in reply[:3])
-            payload = reply[3]
+            task_id, status, queue = (value.decode() for value in flat[4 * i : 4 * i + 3])
+            payload = flat[4 * i + 3]
             if status == "busy":
                 answers[number] = ProtocolError(
                     ErrorCode.BUSY,

@@ -13,7 +13,7 @@
 --                    "members": [["number", task_id, stale task_id or ""], ...]}, ...]}
 -- ARGV[2..]: the new jobs' RQ hash fields and values (field, value, field, value, ...),
 --            built by RQ in Python (binary: they cannot travel in the JSON).
--- Returns, per member in order: task_id, status, queue, payload, started_at, timeout
+-- Returns, per member in order: task_id, status, queue, payload
 --   (status: "finished", "queued", "started", "busy" when its queue is full,
 --    or "limited" when its client has max_queued jobs waiting for their turn;
 --    "" where a field does not apply).
@@ -33,20 +33,19 @@ local function live_state(task_id)
     end
     local payload = redis.call('GET', prefix.payload .. task_id)
     local job_id = redis.call('GET', prefix.task_job .. task_id) or task_id
-    local f = redis.call('HMGET', RQ.job_prefix .. job_id, LC_F.state, RQ.origin, 'started_at', 'timeout',
-                         LC_F.client)
+    local f = redis.call('HMGET', RQ.job_prefix .. job_id, LC_F.state, RQ.origin, LC_F.client)
     local state, origin = f[1], f[2] or ''
     if payload then
-        return {task_id, 'finished', origin, payload, '', ''}
+        return {task_id, 'finished', origin, payload}
     end
     if state == LC.state.PENDING then
-        return {task_id, 'queued', origin, '', '', ''}, {job_id = job_id, owner = f[5] or ''}
+        return {task_id, 'queued', origin, ''}, {job_id = job_id, owner = f[3] or ''}
     end
     if state == LC.state.QUEUED then
-        return {task_id, 'queued', origin, '', '', ''}
+        return {task_id, 'queued', origin, ''}
     end
     if state == LC.state.STARTED then
-        return {task_id, 'started', origin, '', f[3] or '', tostring(f[4] or '')}
+        return {task_id, 'started', origin, ''}
     end
     return nil
 end
@@ -148,18 +147,18 @@ for _, job in ipairs(spec.jobs) do
             redis.call('SET', prefix.task_job .. task_id, joined.id)
             redis.call('RPUSH', prefix.batch .. joined.id, number .. ':' .. task_id)
             joined.size = joined.size + 1
-            answer = {task_id, 'queued', job.queue, '', '', ''}
+            answer = {task_id, 'queued', job.queue, ''}
         elseif full then
-            answer = {task_id, 'busy', job.queue, '', '', ''}
+            answer = {task_id, 'busy', job.queue, ''}
         elseif #members == 0 and not may_queue(job.client) then
-            answer = {task_id, 'limited', job.queue, '', '', ''}
+            answer = {task_id, 'limited', job.queue, ''}
         else
             redis.call('SET', index_key, task_id, 'EX', job.ttl)
             if job.batch then
                 redis.call('SET', prefix.task_job .. task_id, job.job_id)
             end
             table.insert(members, number .. ':' .. task_id)
-            answer = {task_id, 'queued', job.queue, '', '', ''}
+            answer = {task_id, 'queued', job.queue, ''}
         end
         if answer[2] ~= 'busy' and answer[2] ~= 'limited' then
             hold(number, answer[1], job.ttl)
