@@ -1,4 +1,4 @@
-"""The wire protocol (PROTOCOL.md in the docs): parsing requests and building messages.
+"""The wire protocol (docs/protocol.md): parsing requests and building messages.
 
 Pure functions only: no sockets, no Redis, no Tornado. Big results never pass
 through here as ints; the worker hands over their decimal digits.

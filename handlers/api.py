@@ -2,6 +2,7 @@
 
     POST /api/factorial        {"number": N, "ref": ...}  -> 202 acknowledgement
     GET  /api/tasks/<task_id>                             -> 200 success, status or error
+    DELETE /api/tasks/<task_id>                           -> 200 cancelled (this client's hold withdrawn)
 
 Bodies are the protocol's own messages (docs/protocol.md), validated by the
 same ``protocol.parse_request``; a finished job's body is the stored success

@@ -25,7 +25,8 @@ _CODES = {
     405: ErrorCode.METHOD_NOT_ALLOWED,
     413: ErrorCode.TOO_LARGE,
 }
-ROUTES_TEXT = "the service is POST /api/factorial, GET /api/tasks/<task_id>, /ws, /healthz and /metrics"
+ROUTES_TEXT = ("the service is POST /api/factorial, GET and DELETE /api/tasks/<task_id>, /ws, /healthz "
+               "and /metrics")
 
 
 def http_error(status: int, request, text: str | None = None) -> ProtocolError:

@@ -295,10 +295,13 @@ class StrictUtf8Protocol(WebSocketProtocol13):
 
     Tornado fails such a connection by dropping it without a close frame
     (1006 at the client), and offers no public hook between a frame's bytes
-    and ``on_message``. So this one method is overridden: the only private
-    name of Tornado the service uses. tests/handlers/test_socket_utf8.py pins
-    both halves: that Tornado still drops the connection without it, and that
-    the override still sees every text frame.
+    and ``on_message``. So this one method is overridden. It and the helpers
+    it needs (``_frame_compressed``, ``_abort``, and the protocol's ``params``,
+    an instance of Tornado's private ``_WebSocketParams``, passed on unchanged
+    in ``get_websocket_protocol``) are the private names of Tornado the service
+    uses. tests/handlers/test_socket_utf8.py pins both halves: that Tornado
+    still drops the connection without it, and that the override still sees
+    every text frame.
     """
 
     def _handle_message(self, opcode, data):

@@ -2,7 +2,7 @@
 
 Blocking calls only: the web server runs these on its own threads, never on
 the IOLoop. Every method makes a fixed number of round trips, whatever the
-number of jobs it handles (pipelines and ``enqueue_many``).
+number of jobs it handles (pipelines and Lua scripts).
 """
 
 from __future__ import annotations
@@ -158,8 +158,9 @@ class JobStore:
         of requests: it reads each number's index entry and claims it for a new
         job in one atomic step, so however many servers get a number at once,
         it gets one job. A started job is shared as it is: if its worker dies,
-        the janitor (jobs/janitor.py) fails it within seconds, and the next
-        request for the number gets a new job.
+        the janitor (jobs/janitor.py) puts it back at the front of its queue
+        within seconds and it runs again, its waiters hearing nothing, up to
+        JOB_MAX_ATTEMPTS runs (jobs/lifecycle.py ``run_lost``).
         """
         clients = list(clients[: len(numbers)]) + [ANONYMOUS] * (len(numbers) - len(clients))
         wanted: dict[int, str] = {}

@@ -3,8 +3,8 @@
     python -m stack.wait_for_redis rq worker soft hard
 
 ``rq worker`` exits at once when Redis is not up yet, so processes that need
-Redis start after this wait (stack/supervise.py waits the same way, then
-restarts its command whenever it dies).
+Redis start after this wait. stack/supervise.py does not wait for Redis: the
+Procfile runs this under it, so the wait comes again with every restart.
 """
 
 from __future__ import annotations
