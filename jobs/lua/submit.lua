@@ -50,23 +50,6 @@ local function live_state(task_id)
     return nil
 end
 
--- A request that joins a job still waiting for its maker's turn gets a turn
--- of its own (a ticket in its client's list): the job goes at the first of
--- their turns, and its other turns are dropped then (dispatch_lib.lua).
-local function give_turn(pending, client, origin)
-    local q = spec.queues[origin]
-    if not q or pending.owner == client then
-        return
-    end
-    local job_key = RQ.job_prefix .. pending.job_id
-    local tickets = redis.call('HGET', job_key, LC_F.tickets) or ''
-    if string.find('\n' .. tickets .. '\n', '\n' .. client .. '\n', 1, true) then
-        return
-    end
-    redis.call('HSET', job_key, LC_F.tickets, tickets == '' and client or (tickets .. '\n' .. client))
-    add_pending(q, client, pending.job_id)
-end
-
 -- Jobs each client has waiting for its turn (CLIENT_MAX_QUEUED), counted once per script run.
 local queued_by = {}
 local function may_queue(client)
@@ -77,6 +60,28 @@ local function may_queue(client)
         queued_by[client] = client_waiting(spec.queues, client)
     end
     return queued_by[client] < spec.max_queued
+end
+
+-- A request that joins a job still waiting for its maker's turn gets a turn
+-- of its own (a ticket in its client's list): the job goes at the first of
+-- their turns, and its other turns are dropped then (dispatch_lib.lua).
+local function give_turn(pending, client, origin)
+    local q = spec.queues[origin]
+    -- A turn counts toward CLIENT_MAX_QUEUED like a job: past it, the request
+    -- still shares the job, in its maker's turn.
+    if not q or pending.owner == client or not may_queue(client) then
+        return
+    end
+    local job_key = RQ.job_prefix .. pending.job_id
+    local tickets = redis.call('HGET', job_key, LC_F.tickets) or ''
+    if string.find('\n' .. tickets .. '\n', '\n' .. client .. '\n', 1, true) then
+        return
+    end
+    redis.call('HSET', job_key, LC_F.tickets, tickets == '' and client or (tickets .. '\n' .. client))
+    add_pending(q, client, pending.job_id)
+    if queued_by[client] then
+        queued_by[client] = queued_by[client] + 1
+    end
 end
 
 -- HTTP requests hold a wait on their task (cancel.lua): their client's DELETE withdraws it.
