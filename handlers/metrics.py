@@ -1,5 +1,9 @@
 """The server's Prometheus metrics, in a registry of its own per application.
 
+The registry is the application's own (tests run several applications in one
+process), so the standard process, platform and garbage-collector metrics
+that prometheus_client puts in its global registry are registered here too.
+
 Counters move as things happen, on the IOLoop, and cost a dict lookup. Values
 that live in Redis (queue lengths) are read at scrape time by the ``/metrics``
 handler, off the loop, and set here just before the text is generated.
@@ -7,7 +11,8 @@ handler, off the loop, and set here just before the text is generated.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter,
+                               Gauge, Histogram, generate_latest)
 
 # From a factorial request's arrival to its answer leaving: soft jobs take
 # milliseconds, 1,000,000! takes several seconds, the hard time limit is 60 s.
@@ -17,6 +22,9 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # process_* (CPU, resident memory, open fds, start time), python_info, python_gc_*.
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(standard)
         self.open_connections = Gauge(
             "factorial_open_connections", "WebSocket connections open now", registry=self.registry
         )

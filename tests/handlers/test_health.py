@@ -71,3 +71,14 @@ async def test_metrics_count_connections_jobs_deliveries_and_latency(http_client
     assert ("factorial_queue_length", frozenset({("queue", "hard")})) in found
     assert waiting["queue"] == "hard"
     client.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_metrics_serve_the_standard_process_metrics(http_client, base_url, app):
+    response = await http_client.fetch(base_url + "/metrics")
+    found = samples(response.body)
+    assert found[("process_resident_memory_bytes", frozenset())] > 1_000_000
+    assert found[("process_open_fds", frozenset())] > 0
+    assert ("process_cpu_seconds_total", frozenset()) in found
+    assert any(name == "python_info" for name, _ in found)
+    assert any(name == "python_gc_objects_collected_total" for name, _ in found)
