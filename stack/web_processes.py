@@ -7,6 +7,14 @@ SIGINT and SIGHUP to them, restarts one that dies (with a growing pause if
 they keep dying at once) and exits when every child has exited after a
 signal. A child whose parent dies gets SIGTERM from the kernel, so no server
 outlives its supervisor.
+
+Not ``tornado.process.fork_processes`` (Tornado 6.x), whose parent only forks
+and waits: it handles no signal, so a SIGTERM from systemd or honcho kills the
+parent alone and leaves the children serving, orphaned, and it would restart
+any child a signal ended, including every child being stopped. It restarts at
+once, with no pause, and gives up after 100 restarts counted over the whole
+life of the process rather than in a row; a child that exits 0 is not
+restarted. Making it do the above would take more code than this module.
 """
 
 from __future__ import annotations
