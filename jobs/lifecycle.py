@@ -76,12 +76,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 }
 
 
-class EndKind(str, Enum):
-    """How a failed job ended (the stored ``code`` is the protocol's error code)."""
-
-    TIMEOUT = "timeout"  # past its queue's time limit
-    ERROR = "error"  # the job raised
-    RUNS_LOST = "runs_lost"  # every one of its JOB_MAX_ATTEMPTS runs ended its worker
+# How a failed job ended is stored as the protocol's error code (protocol.ErrorCode:
+# timeout, job_failed), which is what every lookup and push answers.
 
 
 class CancelOutcome(str, Enum):
@@ -91,6 +87,9 @@ class CancelOutcome(str, Enum):
     CONTINUES = "continues"
     ENDED = "ended"
     UNKNOWN = "unknown"
+    # Inside the service only: the job runs, and the caller tells its worker
+    # to stop it; the client hears "stopped".
+    STOP = "stop"
 
 
 class RunLost(str, Enum):

@@ -15,10 +15,10 @@ for _, task_id in ipairs(redis.call('SRANDMEMBER', spec.candidates, spec.count))
     if redis.call('EXISTS', spec.left_prefix .. task_id) == 0 then
         redis.call('SREM', spec.candidates, task_id)
         local answer = cancel_task(spec, task_id)
-        if answer[1] == 'stopped' or answer[1] == 'stop' then
+        if answer[1] == LC.outcome.STOPPED or answer[1] == LC.outcome.STOP then
             stopped = stopped + 1
         end
-        if answer[1] == 'stop' then
+        if answer[1] == LC.outcome.STOP then
             table.insert(to_stop, answer[2])
             table.insert(to_stop, answer[3] or '')
         end

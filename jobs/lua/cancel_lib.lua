@@ -12,28 +12,28 @@
 local function cancel_task(spec, task_id)
     local prefix = spec.prefix
     if redis.call('EXISTS', prefix.payload .. task_id) == 1 or redis.call('EXISTS', prefix.cancelled .. task_id) == 1 then
-        return {'ended', ''}
+        return {LC.outcome.ENDED, ''}
     end
     local job_id = redis.call('GET', prefix.task_job .. task_id) or task_id
     local job_key = RQ.job_prefix .. job_id
     local f = redis.call('HMGET', job_key, LC_F.state, RQ.origin, LC_F.client, LC_F.worker)
     local state, origin, client, worker = f[1], f[2] or '', f[3] or '', f[4] or ''
     if not state then
-        return {'unknown', ''}
+        return {LC.outcome.UNKNOWN, ''}
     end
     if LC.final[state] then
-        return {'ended', ''}
+        return {LC.outcome.ENDED, ''}
     end
 
     -- An HTTP client's DELETE withdraws the hold of its POST, and only that.
     local holders_key = prefix.holders .. task_id
     if spec.holder ~= '' and redis.call('SREM', holders_key, spec.holder) == 0 then
-        return {'continues', ''}  -- it holds no wait here: nothing to withdraw, nothing changes
+        return {LC.outcome.CONTINUES, ''}  -- it holds no wait here: nothing to withdraw, nothing changes
     end
     -- Does anyone else wait? An HTTP client, a connection here (the caller
     -- knows), or one of another live server.
     if redis.call('SCARD', holders_key) > 0 or spec.others_here then
-        return {'continues', ''}
+        return {LC.outcome.CONTINUES, ''}
     end
     for _, server in ipairs(redis.call('SMEMBERS', spec.servers_key)) do
         local waits = prefix.waits .. server
@@ -41,7 +41,7 @@ local function cancel_task(spec, task_id)
             if redis.call('EXISTS', waits) == 0 then
                 redis.call('SREM', spec.servers_key, server)  -- it stopped refreshing: gone
             elseif redis.call('SISMEMBER', waits, task_id) == 1 then
-                return {'continues', ''}
+                return {LC.outcome.CONTINUES, ''}
             end
         end
     end
@@ -52,7 +52,7 @@ local function cancel_task(spec, task_id)
         if state == LC.state.STARTED then
             -- The batch computes its other members too, in milliseconds.
             if redis.call('LLEN', members_key) > 1 then
-                return {'continues', ''}
+                return {LC.outcome.CONTINUES, ''}
             end
         else
             for _, entry in ipairs(redis.call('LRANGE', members_key, 0, -1)) do
@@ -63,19 +63,19 @@ local function cancel_task(spec, task_id)
             redis.call('SET', prefix.cancelled .. task_id, '1', 'EX', spec.ttl)
             redis.call('EXPIRE', LC.task_job_prefix .. task_id, spec.ttl)
             if redis.call('LLEN', members_key) > 0 then
-                return {'stopped', job_id}  -- the batch runs without it
+                return {LC.outcome.STOPPED, job_id}  -- the batch runs without it
             end
         end
     end
 
     redis.call('SET', prefix.cancelled .. task_id, '1', 'EX', spec.ttl)
     if not lc_move(job_key, LC.state.CANCELLED) then
-        return {'ended', ''}
+        return {LC.outcome.ENDED, ''}
     end
     -- A stopped job is kept only as long as a failure (no key without a TTL).
     lc_settle(job_id, {task_id}, spec.ttl)
     if state == LC.state.STARTED then
-        return {'stop', job_id, worker}
+        return {LC.outcome.STOP, job_id, worker}
     end
     lc_rq_status(job_key, RQ.canceled)
     local q = spec.queues[origin]
@@ -88,5 +88,5 @@ local function cancel_task(spec, task_id)
             redis.call('ZREM', q.deferred, job_id)
         end
     end
-    return {'stopped', job_id}
+    return {LC.outcome.STOPPED, job_id}
 end

@@ -113,13 +113,22 @@ def test_a_soft_worker_with_no_horse_does_not_kill_its_own_process_group(redis_c
 
 
 def test_the_lua_scripts_get_the_one_transition_table(redis_client):
-    dump = redis_client.eval(lifecycle.lua_preamble() + "return cjson.encode({LC.state, LC.allowed, LC.final, LC.field})", 0)
-    states, allowed, final, fields = json.loads(dump)
+    dump = redis_client.eval(lifecycle.lua_preamble() + "return cjson.encode({LC.state, LC.allowed, LC.final, LC.field, "
+                                                        "LC.outcome})", 0)
+    states, allowed, final, fields, outcomes = json.loads(dump)
+    assert outcomes == {o.name: o.value for o in lifecycle.CancelOutcome}
     assert states == {s.name: s.value for s in State}
     assert {frm: sorted(tos) for frm, tos in allowed.items()} == {
         frm.value: sorted(t.value for t in tos) for frm, tos in TRANSITIONS.items()}
     assert final == {s.value: True for s in FINAL}
     assert fields == FIELDS
+
+
+def test_the_cancel_scripts_answer_only_the_outcomes_of_the_table():
+    for name in ("cancel_lib.lua", "abandon.lua"):
+        text = (LUA_DIR / name).read_text()
+        assert not re.search(r"'(stopped|continues|ended|unknown|stop)'", text), name
+        assert "LC.outcome." in text
 
 
 def test_every_state_write_in_the_scripts_goes_through_the_table():
