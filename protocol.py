@@ -194,7 +194,7 @@ def _parse_number(message: dict, max_number: int, ref) -> int:
 
 def _parse_task_id(message: dict, ref) -> str:
     task_id = message.get("task_id")
-    if not isinstance(task_id, str):
+    if not isinstance(task_id, str) or isinstance(task_id, _LongIntLiteral):  # a long number is kept as text
         raise ProtocolError(ErrorCode.INVALID_TASK_ID, "task_id must be a string", ref=ref)
     if not TASK_ID_PATTERN.fullmatch(task_id):
         raise unknown_task(task_id).with_ref(ref)

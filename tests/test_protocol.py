@@ -59,6 +59,7 @@ def test_valid_requests_parse(frame, expected):
         ('{"type": "cancel"}', ErrorCode.INVALID_TASK_ID),
         ('{"type": "cancel", "task_id": "rq:queue:hard"}', ErrorCode.UNKNOWN_TASK_ID),
         ('{"type": "result", "task_id": 5}', ErrorCode.INVALID_TASK_ID),
+        ('{"type": "result", "task_id": 1' + "0" * 40 + '}', ErrorCode.INVALID_TASK_ID),  # kept as text, still a number
         ('{"type": "result", "task_id": null}', ErrorCode.INVALID_TASK_ID),
         ('{"type": "result", "task_id": "rq:queue:soft"}', ErrorCode.UNKNOWN_TASK_ID),
         ('{"type": "result", "task_id": "*"}', ErrorCode.UNKNOWN_TASK_ID),
