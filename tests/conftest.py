@@ -188,6 +188,28 @@ def pytest_configure(config):
                                        "(plain Tornado pinning its own behaviour): its frames are not checked")
 
 
+# Fixtures that start a Redis, a worker, a server or another process (here or in a
+# test module): a test that uses one, even through another fixture, is ``integration``.
+INTEGRATION_FIXTURES = frozenset({
+    "redis_server", "redis_url", "redis_client", "own_redis", "primary_and_replica", "secure_redis",
+    "redis_with_password", "sentinel", "worker", "workers", "lane_worker", "start_worker",
+    "app", "http_server", "ws_url", "served_app", "server", "servers", "server_process", "serve",
+    "start_server", "budget_server", "flooding_port", "plain_tornado_url", "scripted_url",
+    "stack", "honcho", "dashboard", "browser", "page", "certificate", "clients", "frozen",
+})
+# Folders whose every test drives processes, namespaces, browsers or clusters.
+INTEGRATION_FOLDERS = ("multihost", "deploy", "stack", "static", "faults", "bench", "client")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``integration`` every test that needs Redis or processes: ``-m "not integration"`` is the fast loop."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        folder = Path(str(item.fspath)).resolve().relative_to(tests).parts[0]
+        if folder in INTEGRATION_FOLDERS or INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(autouse=True)
 def contract_checked(request):
     """Every WebSocket frame and HTTP response a test's clients see must be one docs/asyncapi.yaml or

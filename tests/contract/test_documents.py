@@ -57,6 +57,7 @@ def test_the_openapi_document_is_valid_openapi_3_1():
     validate_openapi(document)
 
 
+@pytest.mark.integration  # runs the AsyncAPI CLI, a Node process (seconds)
 def test_the_asyncapi_document_passes_asyncapi_validate(tmp_path):
     cli = shutil.which("asyncapi")
     if cli is None:
