@@ -19,7 +19,7 @@ from rq.command import send_command
 from rq.job import Job, JobStatus
 
 from jobs import events, keys, rq_schema, scripts
-from jobs.lifecycle import FIELDS, State
+from jobs.lifecycle import FIELDS, CancelOutcome, State
 from jobs.outage import NotReplicated
 from jobs.states import FAILED, FINISHED, MISSING, QUEUED, STARTED, Event, JobState
 from jobs.routing import QUEUES, SOFT, queue_for, timeout_for
@@ -91,9 +91,9 @@ class JobStore:
         spec = {"task_id": task_id, **self._cancel_spec(server_id, others_here, holder)}
         outcome, job_id, *worker = (value.decode() for value in self._cancel_script(
             args=[json.dumps(spec)], client=self.redis))
-        if outcome == "stop":
+        if outcome == CancelOutcome.STOP:
             self._stop_running(job_id, worker[0] if worker else "")
-            outcome = "stopped"
+            outcome = CancelOutcome.STOPPED.value
         return outcome
 
     def _cancel_spec(self, server_id: str, others_here: bool, holder: str) -> dict:
