@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict
 from typing import Awaitable, Callable, Container, Iterable, Protocol, TypeVar
 
-from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import ResponseError
 
-from jobs.outage import OUTAGE_ERRORS, OutageLog
+from jobs.outage import OUTAGE_ERRORS, OutageLog, out_of_memory  # noqa: F401 - out_of_memory is used here and re-exported
 from jobs.janitor import Janitor
 from jobs.quota import Admission, QuotaStore, Verdict, refusal
 from jobs.states import FINISHED, Event, JobState
@@ -28,18 +28,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Redis 6 reports a write its script made past ``maxmemory`` inside a script error.
-_OOM_TEXT = "OOM command not allowed"
-
-
-def out_of_memory(exc: BaseException) -> bool:
-    """Whether Redis refused a write for its ``maxmemory``: nothing it may evict was left (stack/redis.py).
-
-    Redis answers such a write with an ``OOM`` error (redis-py's
-    OutOfMemoryError); Redis 6 wraps one met by a script in a plain script error.
-    """
-    return isinstance(exc, OutOfMemoryError) or (isinstance(exc, ResponseError) and _OOM_TEXT in str(exc))
-
-
 class RedisFull(Exception):
     """Raised by the job client's calls in place of Redis's refusal of a write at its ``maxmemory``."""
 

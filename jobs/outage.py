@@ -18,6 +18,7 @@ import time
 from typing import Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
@@ -39,6 +40,18 @@ OUTAGE_ERRORS = (
 # one twice as long after the previous, at most MAX_REPEAT_S.
 FIRST_REPEAT_S = 1.0
 MAX_REPEAT_S = 60.0
+
+
+_OOM_TEXT = "OOM command not allowed"
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether Redis refused a write for its ``maxmemory``: nothing it may evict was left (stack/redis.py).
+
+    Redis answers such a write with an ``OOM`` error (redis-py's
+    OutOfMemoryError); Redis 6 wraps one met by a script in a plain script error.
+    """
+    return isinstance(exc, OutOfMemoryError) or (isinstance(exc, ResponseError) and _OOM_TEXT in str(exc))
 
 
 class OutageLog:

@@ -40,6 +40,7 @@ import signal
 import time
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.exceptions import DequeueTimeout, NoSuchJobError
 from rq.executions import Execution
@@ -51,7 +52,7 @@ from jobs import events, lifecycle
 from jobs.janitor import Janitor
 from jobs.lifecycle import RunLost
 from jobs.liveness import Heartbeat
-from jobs.outage import OUTAGE_ERRORS
+from jobs.outage import OUTAGE_ERRORS, out_of_memory
 from jobs.routing import SOFT
 from protocol import FIXED_TEXTS, ErrorCode
 from settings import Settings
@@ -171,8 +172,12 @@ class LaneWorker(Worker):
                     idle_time_left = math.ceil(max_idle_time - (time.monotonic() - idle_since))
                     if idle_time_left <= 0:
                         break
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                self.log.error("Worker %s: could not connect to Redis instance: %s retrying in %d seconds...",
+            except (RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
+                if isinstance(exc, ResponseError) and not out_of_memory(exc):
+                    raise
+                # A Redis at its maxmemory refuses even the move of a job it
+                # would not make: wait as for an outage, never quit.
+                self.log.error("Worker %s: Redis cannot be used (%s); retrying in %d seconds...",
                                self.name, exc, connection_wait_time)
                 time.sleep(connection_wait_time)
                 connection_wait_time = min(connection_wait_time * self.exponential_backoff_factor,
@@ -238,6 +243,12 @@ class LaneWorker(Worker):
         except OUTAGE_ERRORS as exc:
             self._last_outage = time.monotonic()
             self.log.warning("Redis unreachable during %s (%s); going on", call.__name__, exc)
+            return None
+        except ResponseError as exc:
+            if not out_of_memory(exc):
+                raise
+            # The worker's own bookkeeping, refused by a Redis at its maxmemory: the next one goes through.
+            self.log.warning("Redis at its maxmemory refused %s; going on", call.__name__)
             return None
 
     # --- fewer round trips per job -------------------------------------------------

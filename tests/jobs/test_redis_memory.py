@@ -198,3 +198,26 @@ async def test_a_queued_soft_batch_survives_eviction(app, ws_url, redis_url, red
     finally:
         worker.stop()
         client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_idle_worker_of_two_queues_waits_out_a_full_redis_and_serves_on(app, ws_url, redis_url, redis_client):
+    # On two queues, the idle worker moves jobs with a script every 0.1 s, which a
+    # Redis at its maxmemory refuses even when there is nothing to move.
+    worker = WorkerProcess(redis_url, queues=("soft", "hard")).start()
+    try:
+        client = await Client.connect(ws_url)
+        _, done = await client.factorial(6)
+        assert done["result"] == 720
+        cap_memory(redis_client)
+        filled = fill_until_full(redis_client)
+        full_since = time.monotonic()
+        await async_wait_until(lambda: time.monotonic() - full_since >= 2, what="2 s of a full Redis")
+        assert worker.process.poll() is None, "the worker quit on a full Redis"
+        redis_client.delete(*(f"test:fill:{i}" for i in range(filled)))
+        _, done = await client.factorial(2001, timeout=30)
+        while done["type"] == "status":
+            done = await client.receive(30)
+        assert done["type"] == "success" and worker.process.poll() is None
+    finally:
+        worker.stop()
