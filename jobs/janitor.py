@@ -60,6 +60,7 @@ renewed its leases.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 import uuid
@@ -70,7 +71,6 @@ from rq import Queue
 from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL
 from rq.executions import Execution
 from rq.job import JobStatus
-from rq.utils import utcparse
 from rq.worker import Worker
 
 from jobs import events, keys, lifecycle, rq_schema
@@ -363,7 +363,9 @@ def _overran(started_at: str, ended_at: str, timeout: str) -> bool:
     horse 60 s past it). Both times were written by the one worker that ran it."""
     if not (started_at and ended_at and timeout.lstrip("-").isdigit()) or int(timeout) <= 0:
         return False
-    return (utcparse(ended_at) - utcparse(started_at)).total_seconds() > int(timeout)
+    # RQ writes its times in ISO 8601 with a Z (rq.utils.utcformat).
+    ended, started = datetime.datetime.fromisoformat(ended_at), datetime.datetime.fromisoformat(started_at)
+    return (ended - started).total_seconds() > int(timeout)
 
 
 def _task_ids(redis: Redis, job_id: str) -> list[str]:

@@ -148,3 +148,13 @@ def test_a_move_the_table_does_not_allow_is_refused_and_changes_nothing(redis_cl
     assert runs.run_lost("model-job", "r1", "hard", "lost", ["model-job"], 3, 60) == lifecycle.RunLost.NOT_OWNED
     assert redis_client.hget(job_key, FIELDS["state"]) == b"finished"
     redis_client.delete(job_key)
+
+
+def test_rqs_stored_times_read_as_iso_8601():
+    """The janitor reads a run's started_at and ended_at with datetime.fromisoformat."""
+    from datetime import datetime
+
+    from rq.utils import now, utcformat, utcparse
+
+    stamp = utcformat(now())
+    assert datetime.fromisoformat(stamp) == utcparse(stamp)
