@@ -20,11 +20,9 @@ from rq.job import Job
 from rq.worker import Worker
 
 from jobs import janitor, keys, lifecycle
-from jobs.janitor import Janitor
-from jobs.store import JobStore
 from jobs.worker import WAIT_SLICE_S, LaneWorker
-from settings import Settings
 from tests.helpers import wait_until
+from tests.jobs.test_janitor import run, store, trusted_janitor  # noqa: F401 - store is a fixture
 
 DEAD = "dead-lane-worker"
 ALIVE = "live-lane-worker"
@@ -35,21 +33,6 @@ def quick(monkeypatch):
     monkeypatch.setattr(janitor, "TRUST_AFTER_S", 0.3)
     monkeypatch.setattr(janitor, "STOCK_TRUST_AFTER_S", 0.3)
     monkeypatch.setattr(janitor, "UNSTARTED_GRACE_S", 0.3)
-
-
-@pytest.fixture
-def store(redis_client, redis_url):
-    return JobStore(redis_client, Settings(redis_url=redis_url, queued_jobs_per_worker=100))
-
-
-def trusted_janitor(redis_client) -> Janitor:
-    sweeper = Janitor(redis_client)
-    wait_until(lambda: sweeper.trusted or sweeper.run_once(), timeout=5, what="the janitor's trust")
-    return sweeper
-
-
-def run(sweeper: Janitor) -> janitor.Recovery:
-    return wait_until(lambda: sweeper.run_once(), timeout=5, what="a janitor round")
 
 
 def beating(redis_client, name: str, alive: bool) -> None:
