@@ -164,7 +164,7 @@ async def test_a_crashed_worker_or_server_is_restarted_and_the_stack_keeps_runni
     os.killpg(os.getpgid(server), signal.SIGKILL)
     killed = time.monotonic()
     wait_until(lambda: not _alive(server), timeout=10, what="the killed server to be gone")
-    wait_until(lambda: _pid_of("server.py", ports["web"]) and _http_ok(web_url), timeout=20, what="a new server")
+    wait_until(lambda: _pid_of("server.py", ports["web"]) and _http_ok(web_url + "healthz"), timeout=20, what="a new server")
     server_back = time.monotonic() - killed
     log.info("under honcho: a SIGKILLed worker registered again after %.1f s, a SIGKILLed server served again "
              "after %.1f s", worker_back, server_back)

@@ -36,7 +36,10 @@ class Stack:
         honcho = subprocess.Popen([sys.executable, "-m", "honcho", "start"], cwd=ROOT, env=self.env,
                                   start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
         self.runs.append(honcho)
-        wait_until(lambda: _http_ok(f"http://127.0.0.1:{self.web_port}/"), timeout=40, what="the web process")
+        # /healthz is 200 only once the server reaches Redis, which honcho starts alongside it:
+        # a request before that is rightly answered `unavailable`.
+        wait_until(lambda: _http_ok(f"http://127.0.0.1:{self.web_port}/healthz"), timeout=40,
+                   what="the web process, with Redis")
         return honcho
 
     def processes(self) -> list[int]:
