@@ -118,8 +118,13 @@ def _parse_int(literal: str):
     return int(literal)
 
 
+def _refuse_constant(name: str):
+    """NaN, Infinity and -Infinity: Python's decoder takes them, JSON (RFC 8259) does not."""
+    raise ValueError(f"{name} is not JSON")
+
+
 # Built once: json.loads with arguments builds a decoder per call.
-_DECODER = json.JSONDecoder(parse_int=_parse_int)
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_constant=_refuse_constant)
 
 
 def decode(text: Union[str, bytes]) -> dict:

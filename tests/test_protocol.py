@@ -50,7 +50,7 @@ def test_valid_requests_parse(frame, expected):
         ('{"type": "factorial", "number": 1e3}', ErrorCode.INVALID_NUMBER),
         ('{"type": "factorial", "number": null}', ErrorCode.INVALID_NUMBER),
         ('{"type": "factorial", "number": -1}', ErrorCode.INVALID_NUMBER),
-        ('{"type": "factorial", "number": NaN}', ErrorCode.INVALID_NUMBER),
+        ('{"type": "factorial", "number": NaN}', ErrorCode.BAD_JSON),  # not JSON (RFC 8259)
         ('{"type": "factorial", "number": [5]}', ErrorCode.INVALID_NUMBER),
         ('{"type": "factorial", "number": -' + "9" * 5000 + "}", ErrorCode.INVALID_NUMBER),
         ('{"type": "factorial", "number": 1000001}', ErrorCode.NUMBER_TOO_LARGE),
