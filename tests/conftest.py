@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import urllib.request
@@ -14,7 +15,7 @@ from redis import Redis
 from server import make_app
 from settings import Settings
 from stack.redis import server_command
-from tests.helpers import free_port, stop_process, wait_until
+from tests.helpers import child_pids, free_port, kill_quietly, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,8 +120,50 @@ def worker(redis_url):
 
 
 @pytest.fixture
-def settings(redis_url):
-    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2)
+def make_worker(redis_url):
+    """Start a real ``rq worker`` (of ``queues``, ``worker_class``, with ``env`` added to its environment; on the
+    test's Redis unless ``url``); every one started, and any work horse it left, is stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def make(queues: tuple[str, ...] = ("soft", "hard"), worker_class: str | None = "jobs.worker.LaneWorker",
+             env: dict | None = None, log_path: Path | None = None, url: str | None = None) -> WorkerProcess:
+        worker = WorkerProcess(url or redis_url, worker_class=worker_class, extra_env=env, queues=queues,
+                               log_path=log_path)
+        started.append(worker)  # before start: a worker that fails to register is stopped too
+        return worker.start()
+
+    yield make
+    with contextlib.ExitStack() as stopping:  # every stop runs, even if one raises
+        for worker in started:
+            stopping.callback(_stop_worker_and_horses, worker)
+
+
+def _stop_worker_and_horses(worker: WorkerProcess) -> None:
+    # A killed worker's horse lives on (its parent is gone): it is killed too.
+    alive = worker.process is not None and worker.process.poll() is None
+    horses = child_pids(worker.process.pid) if alive else []
+    worker.stop()
+    for pid in horses:
+        kill_quietly(pid)
+
+
+# The settings every test server runs with: results delivered and jobs swept quickly.
+TEST_SETTINGS = {"delivery_wait_ms": 20, "sweep_interval_s": 0.2}
+
+
+@pytest.fixture
+def make_settings(redis_url):
+    """Settings for the test's Redis with ``TEST_SETTINGS`` and these overrides."""
+
+    def make(**overrides) -> Settings:
+        return Settings(**{"redis_url": redis_url, **TEST_SETTINGS, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings):
+    return make_settings()
 
 
 @pytest.fixture
@@ -183,6 +226,23 @@ def served_app(redis_url):
     server.stop()
 
 
+@pytest.fixture
+def make_server(redis_url):
+    """Start ``python server.py`` (on the test's Redis unless ``url``) with these settings, as ServedApp takes
+    them (``max_number=5``); every one started is stopped after the test."""
+    started: list[ServedApp] = []
+
+    def make(url: str | None = None, **settings) -> ServedApp:
+        server = ServedApp(url or redis_url, **settings)
+        started.append(server)  # before start: one that never answers is stopped too
+        return server.start()
+
+    yield make
+    with contextlib.ExitStack() as stopping:
+        for server in started:
+            stopping.callback(server.stop)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "foreign_websocket_peer: the test's WebSocket peer is not the service "
                                        "(plain Tornado pinning its own behaviour): its frames are not checked")
@@ -196,6 +256,7 @@ INTEGRATION_FIXTURES = frozenset({
     "app", "http_server", "ws_url", "served_app", "server", "servers", "server_process", "serve",
     "start_server", "budget_server", "flooding_port", "plain_tornado_url", "scripted_url",
     "stack", "honcho", "dashboard", "browser", "page", "certificate", "clients", "frozen",
+    "make_worker", "make_server", "make_settings",
 })
 # Folders whose every test drives processes, namespaces, browsers or clusters.
 INTEGRATION_FOLDERS = ("multihost", "deploy", "stack", "static", "faults", "bench", "client")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -18,9 +19,13 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 async def async_wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Return the predicate's first truthy value (a coroutine function's too: its result is awaited);
+    raise AssertionError if none comes within ``timeout`` s. The IOLoop runs meanwhile."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

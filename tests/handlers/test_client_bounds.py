@@ -20,37 +20,10 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from jobs import keys
 from jobs.factorial import factorial_digits
-from tests.conftest import ServedApp, WorkerProcess
-from tests.helpers import Client, jobs_waiting, wait_until
+from tests.conftest import ServedApp
+from tests.helpers import Client, async_wait_until, jobs_waiting, wait_until
 
 KEYS = {"alice": "key-of-alice-0123456789", "bob": "key-of-bob-0123456789", "carol": "key-of-carol-0123456789"}
-
-
-@pytest.fixture
-def start_server(redis_url):
-    """Start ``python server.py`` with these settings; stopped after the test."""
-    started: list[ServedApp] = []
-
-    def start(**env) -> ServedApp:
-        started.append(ServedApp(redis_url, **env).start())
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
-def start_worker(redis_url):
-    started: list[WorkerProcess] = []
-
-    def start() -> WorkerProcess:
-        started.append(WorkerProcess(redis_url).start())
-        return started[-1]
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 def ws_url(server: ServedApp) -> str:
@@ -90,8 +63,8 @@ async def nothing_more(client: Client, seconds: float = 1.0) -> None:
 # --- another client's job, with one request --------------------------------------------
 
 @pytest.mark.gen_test(timeout=90)
-async def test_another_clients_cancel_and_delete_leave_the_victims_job_running(start_server, start_worker):
-    server = start_server()
+async def test_another_clients_cancel_and_delete_leave_the_victims_job_running(make_server, make_worker):
+    server = make_server()
     n = 44_000  # hard: with no worker yet, its job waits in the queue
     victim = await connect_from(server, "127.0.0.1")
     task_id = (await victim.ask({"type": "factorial", "number": n}))["task_id"]
@@ -109,15 +82,15 @@ async def test_another_clients_cancel_and_delete_leave_the_victims_job_running(s
     assert (await bystander.ask({"type": "cancel", "task_id": task_id}))["job"] == "continues"
     assert (await bystander.ask({"type": "result", "task_id": task_id}))["status"] == "queued"
 
-    start_worker()
+    make_worker()
     done = await final_answer(victim)
     assert done["type"] == "success" and done["task_id"] == task_id and done["result"] == factorial_digits(n)
     await nothing_more(attacker)
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_a_delete_withdraws_only_the_callers_own_http_hold(start_server, start_worker):
-    server = start_server(api_keys=",".join(f"{name}:{key}" for name, key in KEYS.items()))
+async def test_a_delete_withdraws_only_the_callers_own_http_hold(make_server, make_worker):
+    server = make_server(api_keys=",".join(f"{name}:{key}" for name, key in KEYS.items()))
     alice, bob, carol = KEYS["alice"], KEYS["bob"], KEYS["carol"]
     shared, own = 45_000, 46_000
 
@@ -140,13 +113,13 @@ async def test_a_delete_withdraws_only_the_callers_own_http_hold(start_server, s
     status, looked_up = await http(server, "GET", f"/api/tasks/{mine['task_id']}", alice)
     assert status == 200 and looked_up["code"] == "cancelled"
 
-    start_worker()
-    deadline = time.monotonic() + 30
-    while True:  # bounded by the deadline; the answer is polled, as an HTTP client does
-        status, answer = await http(server, "GET", f"/api/tasks/{task_id}", alice)
-        if answer["type"] != "status" or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.1)
+    make_worker()
+
+    async def ended():  # the answer is polled, as an HTTP client does
+        reply = await http(server, "GET", f"/api/tasks/{task_id}", alice)
+        return reply if reply[1]["type"] != "status" else None
+
+    status, answer = await async_wait_until(ended, timeout=30, interval=0.1, what="the shared job to end")
     assert status == 200 and answer["type"] == "success" and answer["result"] == factorial_digits(shared), answer
 
 
@@ -161,9 +134,9 @@ def open_connections(server: ServedApp) -> float:
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_a_client_that_disconnects_and_refills_cannot_fill_the_shared_queue(start_server, redis_url):
+async def test_a_client_that_disconnects_and_refills_cannot_fill_the_shared_queue(make_server, redis_url):
     limit = 10
-    server = start_server(max_queue_length=30, client_max_in_flight=limit, client_max_queued=limit)
+    server = make_server(max_queue_length=30, client_max_in_flight=limit, client_max_queued=limit)
     redis = Redis.from_url(redis_url)
     acknowledged, refused = [], []
     numbers = iter(range(50_000, 50_100))
@@ -193,8 +166,8 @@ async def test_a_client_that_disconnects_and_refills_cannot_fill_the_shared_queu
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_cancelled_jobs_leave_the_queue_length_at_once(start_server, redis_url):
-    server = start_server(max_queue_length=5)
+async def test_cancelled_jobs_leave_the_queue_length_at_once(make_server, redis_url):
+    server = make_server(max_queue_length=5)
     redis = Redis.from_url(redis_url)
     client = await connect_from(server, "127.0.0.1")
     task_ids = [(await client.ask({"type": "factorial", "number": n}))["task_id"] for n in range(52_000, 52_005)]
@@ -214,9 +187,9 @@ async def test_cancelled_jobs_leave_the_queue_length_at_once(start_server, redis
 # --- someone else's turn -----------------------------------------------------------------
 
 @pytest.mark.gen_test(timeout=120)
-async def test_a_request_that_joins_another_clients_queued_job_gets_its_own_turn(start_server, start_worker,
+async def test_a_request_that_joins_another_clients_queued_job_gets_its_own_turn(make_server, make_worker,
                                                                                redis_url):
-    server = start_server()
+    server = make_server()
     numbers = list(range(20_000, 20_015))  # each a few ms of work
     first = await connect_from(server, "127.0.0.1")
     for n in numbers:
@@ -228,7 +201,7 @@ async def test_a_request_that_joins_another_clients_queued_job_gets_its_own_turn
     ack = await other.ask({"type": "factorial", "number": numbers[-1]})
     assert ack["task_id"] == first_ids[-1] and ack["status"] == "queued"
 
-    start_worker()  # one worker: jobs end one at a time, in the order they ran
+    make_worker()  # one worker: jobs end one at a time, in the order they ran
     asked_at = time.monotonic()
     done = await final_answer(other, 60)
     waited = time.monotonic() - asked_at
