@@ -22,19 +22,6 @@ from tests.helpers import Client, wait_until
 SIXTY_MB = 60 * 1000 * 1000
 
 
-@pytest.fixture
-def serve(redis_url):
-    started: list[ServedApp] = []
-
-    def start(**env) -> ServedApp:
-        started.append(ServedApp(redis_url, **env).start())
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
-
-
 def connect(server: ServedApp, source: str = "127.0.0.1") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10, source_address=(source, 0))
     return sock
@@ -77,15 +64,15 @@ def post_sixty_mb(server: ServedApp, answers: list) -> None:
     sock.close()
 
 
-def test_sixty_mb_posts_are_answered_413_from_their_headers_and_cost_no_memory(serve):
-    server = serve()
+def test_sixty_mb_posts_are_answered_413_from_their_headers_and_cost_no_memory(make_server):
+    server = make_server()
     before = server.rss_kib()
     peak, sampling = [before], True
 
     def sample():
         while sampling:
             peak.append(server.rss_kib())
-            time.sleep(0.005)
+            time.sleep(0.005)  # the sampling interval, until the senders are done
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -113,8 +100,8 @@ def test_sixty_mb_posts_are_answered_413_from_their_headers_and_cost_no_memory(s
 
 @pytest.mark.parametrize("request_line", ["GET / HTTP/1.1", "GET /ws HTTP/1.1", "POST /healthz HTTP/1.1",
                                           "DELETE /api/tasks/x HTTP/1.1", "POST /nothing?api_key=s3cret HTTP/1.1"])
-def test_every_route_refuses_a_body_over_the_frame_limit_before_reading_it(serve, request_line):
-    server = serve()
+def test_every_route_refuses_a_body_over_the_frame_limit_before_reading_it(make_server, request_line):
+    server = make_server()
     sock = connect(server)
     sock.sendall(f"{request_line}\r\nHost: localhost\r\nContent-Length: 65537\r\n\r\n".encode())
     answer = read_until_closed(sock, 5)  # no byte of the body was sent
@@ -122,8 +109,8 @@ def test_every_route_refuses_a_body_over_the_frame_limit_before_reading_it(serve
     sock.close()
 
 
-def test_a_body_at_the_limit_is_read_and_a_chunked_one_past_it_is_cut_off(serve):
-    server = serve()
+def test_a_body_at_the_limit_is_read_and_a_chunked_one_past_it_is_cut_off(make_server):
+    server = make_server()
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     body = b'{"number": 5}' + b" " * (65536 - 13)
     conn.request("POST", "/api/factorial", body=body)
@@ -140,23 +127,29 @@ def test_a_body_at_the_limit_is_read_and_a_chunked_one_past_it_is_cut_off(serve)
     sock.close()
 
 
-def test_a_body_that_stops_arriving_is_dropped_after_the_body_timeout(serve):
-    server = serve(body_timeout_s=1)
+def test_a_body_that_stops_arriving_is_dropped_after_the_body_timeout(make_server):
+    server = make_server(body_timeout_s=1)
     sock = connect(server)
     sock.sendall(b"POST /api/factorial HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"number\"")
     started = time.monotonic()
     read_until_closed(sock, 4)
-    assert 0.8 < time.monotonic() - started < 3
+    assert 0.8 < time.monotonic() - started < 3  # BODY_TIMEOUT_S=1: not before it; the rest is slack
     sock.close()
 
 
 # --- slow and silent connections -----------------------------------------------------
 
-def test_three_hundred_silent_connections_are_closed_within_the_header_timeout(serve):
-    server = serve(header_timeout_s=1)
+def test_three_hundred_silent_connections_are_closed_within_the_header_timeout(make_server):
+    server = make_server(header_timeout_s=1)
     started = time.monotonic()
-    socks = [connect(server) for _ in range(300)]
-    half = [connect(server) for _ in range(20)]
+    opened_at: dict[socket.socket, float] = {}  # each connection's timeout runs from its own opening
+
+    def opened(sock: socket.socket) -> socket.socket:
+        opened_at[sock] = time.monotonic()
+        return sock
+
+    socks = [opened(connect(server)) for _ in range(300)]
+    half = [opened(connect(server)) for _ in range(20)]
     for sock in half:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")  # never ends its headers
     selector = selectors.DefaultSelector()
@@ -172,7 +165,7 @@ def test_three_hundred_silent_connections_are_closed_within_the_header_timeout(s
             except ConnectionResetError:
                 data = b""
             if not data:
-                closed_at[key.fileobj] = time.monotonic() - started
+                closed_at[key.fileobj] = time.monotonic() - opened_at[key.fileobj]
                 selector.unregister(key.fileobj)
     selector.close()
     silent = sorted(closed_at[s] for s in socks if s in closed_at)
@@ -182,21 +175,23 @@ def test_three_hundred_silent_connections_are_closed_within_the_header_timeout(s
     for sock in socks + half:
         sock.close()
     assert len(silent) == 300 and len(slow) == 20
-    # Within the header timeout (plus the time to open them all and some scheduling), not twice it.
-    assert silent[0] >= 0.9 and silent[-1] < 1.8
-    assert slow[0] >= 0.9 and slow[-1] < 1.8
+    # Each closed after the header timeout from its own opening, not before it and not twice it: the bound is
+    # the contract's (a timeout that fired on the second look would take 2 s); the rest is scheduling slack.
+    assert silent[0] >= 0.9 and silent[-1] < 2.0
+    assert slow[0] >= 0.9 and slow[-1] < 2.0
     page = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     page.request("GET", "/")
     assert page.getresponse().status == 200  # and it serves on
     page.close()
 
 
-def test_an_idle_keep_alive_connection_is_closed_after_the_header_timeout(serve):
-    server = serve(header_timeout_s=1)
+def test_an_idle_keep_alive_connection_is_closed_after_the_header_timeout(make_server):
+    server = make_server(header_timeout_s=1)
     sock = connect(server)
     sock.sendall(b"GET /api/tasks/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
     started = time.monotonic()
     answer = read_until_closed(sock, 4)
+    # HEADER_TIMEOUT_S=1: not before it, and well before the read's 4 s deadline (slack for a loaded machine).
     assert answer.startswith(b"HTTP/1.1 404 ") and 0.9 < time.monotonic() - started < 2.5
     sock.close()
 
@@ -209,8 +204,8 @@ def api_status(conn: http.client.HTTPConnection) -> tuple[int, dict]:
     return response.status, json.loads(response.read())
 
 
-def test_open_http_connections_count_toward_the_clients_connection_limit(serve):
-    server = serve(client_max_connections=2)
+def test_open_http_connections_count_toward_the_clients_connection_limit(make_server):
+    server = make_server(client_max_connections=2)
     first, second, third = (http.client.HTTPConnection("127.0.0.1", server.port, timeout=5) for _ in range(3))
     try:
         assert api_status(first)[0] == 404 and api_status(second)[0] == 404
@@ -249,9 +244,9 @@ def ws_handshake(server: ServedApp, source: str = "127.0.0.1") -> tuple[socket.s
     return sock, head
 
 
-def test_a_websocket_that_answers_no_ping_is_closed_within_interval_plus_timeout_and_its_place_freed(serve):
+def test_a_websocket_that_answers_no_ping_is_closed_within_interval_plus_timeout_and_its_place_freed(make_server):
     interval, timeout = 0.5, 0.5
-    server = serve(client_max_connections=1, websocket_ping_interval_s=interval, websocket_ping_timeout_s=timeout)
+    server = make_server(client_max_connections=1, websocket_ping_interval_s=interval, websocket_ping_timeout_s=timeout)
     deaf, answer = ws_handshake(server)
     opened = time.monotonic()
     assert answer.startswith(b"HTTP/1.1 101 "), answer
@@ -264,7 +259,9 @@ def test_a_websocket_that_answers_no_ping_is_closed_within_interval_plus_timeout
     deaf.close()
     print(f"a WebSocket answering no ping closed after {lived:.2f} s (interval {interval} s + timeout {timeout} s)")
     assert frames[:1] == b"\x89" and PING_TIMED_OUT.encode() in frames
-    assert interval + timeout - 0.1 < lived < interval + timeout + 0.8
+    # The contract: closed after interval + timeout, not before; the upper slack is scheduling on a loaded
+    # machine, short of the read's own deadline (interval + timeout + 1.5).
+    assert interval + timeout - 0.1 < lived < interval + timeout + 1.0
     wait_until(lambda: admitted(server), timeout=5, what="the closed connection's place")
 
 
@@ -275,11 +272,11 @@ def admitted(server: ServedApp) -> bool:
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_websocket_that_answers_pings_stays_open(serve):
-    server = serve(websocket_ping_interval_s=0.3, websocket_ping_timeout_s=0.3)
+async def test_a_websocket_that_answers_pings_stays_open(make_server):
+    server = make_server(websocket_ping_interval_s=0.3, websocket_ping_timeout_s=0.3)
     client = await Client.connect(server.ws_url)  # Tornado's client answers pings by itself
     try:
-        await asyncio.sleep(2)  # six pings
+        await asyncio.sleep(2)  # a duration, not a wait: six pings come and are answered meanwhile
         answer = await client.ask({"type": "result", "task_id": "0123456789abcdef0123456789abcdef"})
         assert answer["code"] == "unknown_task_id"
     finally:
