@@ -32,7 +32,7 @@ from handlers.metrics import Metrics
 from handlers.redis_watch import RedisWatch
 from handlers.socket import FactorialSocket
 from jobs import connection
-from jobs.client import JobClient
+from jobs.gateway import JobGateway
 from jobs.quota import QuotaStore
 from jobs.store import JobStore
 from settings import Settings
@@ -70,7 +70,7 @@ def make_context(settings: Settings) -> ServiceContext:
     redis = connect_redis(settings)
     quota = QuotaStore(redis, settings) if QuotaStore.wanted(settings) else None
     counts = ClientCounts(enabled=quota is not None)
-    jobs = JobClient(JobStore(redis, settings), on_internal_error=metrics.internal_error, quota=quota, counts=counts)
+    jobs = JobGateway(JobStore(redis, settings), on_internal_error=metrics.internal_error, quota=quota, counts=counts)
     return ServiceContext(settings, jobs, ResultDelivery(jobs, settings), metrics, ClientIdentifier(settings),
                           counts=counts)
 

@@ -81,7 +81,7 @@ SERVER_STAGES = (
     ("requests: JSON parse and validate (protocol.py)", ("parse_request",)),
     ("requests: admit and queue (limits, futures)", ("FactorialSocket.on_message",)),
     ("requests: read and unframe (Tornado)", ("_receive_frame", "read_from_fd", "_read_to_buffer")),
-    ("hops to and from the Redis threads", ("JobClient._flush", "run_in_executor", "_write_to_self",
+    ("hops to and from the Redis threads", ("JobGateway._flush", "run_in_executor", "_write_to_self",
                                             "_read_from_self", "call_soon_threadsafe")),
     ("connections: accept and handshake", ("WebSocketHandler.get", "accept_connection", "HTTP1ServerConnection")),
     ("socket writes (Tornado)", ("write_to_fd", "_handle_write")),

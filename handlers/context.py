@@ -11,7 +11,7 @@ from handlers.identity import ClientIdentifier
 from handlers.limits import ClientCounts
 from handlers.metrics import Metrics
 from settings import Settings
-from jobs.client import JobClient
+from jobs.gateway import JobGateway
 
 if TYPE_CHECKING:
     from handlers.front_door import HttpConnections
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 @dataclass
 class ServiceContext:
     settings: Settings
-    jobs: JobClient
+    jobs: JobGateway
     delivery: ResultDelivery
     metrics: Metrics
     identifier: ClientIdentifier

@@ -20,7 +20,7 @@ from typing import Hashable, Iterable, Protocol
 from tornado.ioloop import PeriodicCallback
 
 import protocol
-from jobs.client import JobClient, RedisFull, spawn
+from jobs.gateway import JobGateway, RedisFull, spawn
 from jobs.janitor import RUN_EVERY_S
 from jobs.outage import OUTAGE_ERRORS
 from jobs.routing import SOFT
@@ -55,7 +55,7 @@ class Subscriber(Hashable, Protocol):
 
 
 class ResultDelivery:
-    def __init__(self, jobs: JobClient, settings: Settings):
+    def __init__(self, jobs: JobGateway, settings: Settings):
         self.jobs = jobs
         self.settings = settings
         self._waiting: dict[str, dict[Subscriber, list]] = {}
@@ -201,7 +201,7 @@ class ResultDelivery:
             if self._waiting and time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self.settings.sweep_interval_s
                 await self._sweep()
-        except (*OUTAGE_ERRORS, RedisFull):  # logged once per outage (or full Redis) by the job client
+        except (*OUTAGE_ERRORS, RedisFull):  # logged once per outage (or full Redis) by the job gateway
             self._retry_at = time.monotonic() + RETRY_AFTER_S
         except Exception:  # noqa: BLE001 - a bug must not stop every delivery for good
             log.exception("Delivery tick failed; retrying in %.1f s", RETRY_AFTER_S)

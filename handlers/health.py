@@ -83,7 +83,7 @@ class HealthHandler(_CountedPage):
         self.watch = watch
 
     async def prepare(self) -> None:
-        # The rate count asks Redis through the job client's threads: skipped
+        # The rate count asks Redis through the job gateway's threads: skipped
         # while Redis is silent, and given up on after half the budget, so a
         # balancer's check never waits for a socket timeout.
         if self.watch.silent_for() < self.context.settings.redis_unavailable_s:
@@ -134,7 +134,7 @@ class MetricsHandler(_CountedPage):
         try:
             lengths = await self.context.jobs.run(read_queue_lengths, self.context.jobs.store)
         except RedisError as exc:
-            if not isinstance(exc, OUTAGE_ERRORS):  # an outage is logged once, by the job client
+            if not isinstance(exc, OUTAGE_ERRORS):  # an outage is logged once, by the job gateway
                 log.warning("Metrics without queue lengths: %s", exc)
             lengths = {}
         body = self.context.metrics.exposition(self.context.delivery.waiting_jobs, lengths)

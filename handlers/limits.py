@@ -7,7 +7,7 @@ import time
 import weakref
 from typing import Callable, Protocol
 
-from jobs.client import JobClient, RedisFull
+from jobs.gateway import JobGateway, RedisFull
 from jobs.outage import OUTAGE_ERRORS
 from jobs.quota import Admission, QuotaStore, refusal
 from protocol import ErrorCode, ProtocolError
@@ -55,7 +55,7 @@ class Member(Protocol):
 class ClientCounts:
     """This server process's open connections and requests in flight, per client.
 
-    Lives on the IOLoop. The job client writes these counts to Redis with each
+    Lives on the IOLoop. The job gateway writes these counts to Redis with each
     exchange (jobs/quota.py), so every server adds up the same totals. Counts
     are taken from the members when asked, never kept in step by hand, so
     they cannot drift.
@@ -127,14 +127,14 @@ class ClientCounts:
 class RequestRate:
     """Counts requests that start no job (HTTP cancels, ``/healthz``, ``/metrics``) against their client's rate.
 
-    Factorial requests and lookups are counted by the job client, in their own
+    Factorial requests and lookups are counted by the job gateway, in their own
     round trip (jobs/quota.py). These ask Redis on their own, for the rate
     only: a client at its in-flight limit can still cancel, and a request that
     enqueues nothing holds no place in flight. They count under a name of
     their own, so they never write this server's counts or renew its lease.
     """
 
-    def __init__(self, jobs: JobClient):
+    def __init__(self, jobs: JobGateway):
         self._jobs = jobs
         self._quota: QuotaStore | None = None
         quota = jobs.quota
@@ -143,8 +143,8 @@ class RequestRate:
             self._quota = QuotaStore(quota.redis, rate_only, f"{quota.server_id}:rate")
 
     @classmethod
-    def of(cls, jobs: JobClient) -> "RequestRate":
-        """The one ``RequestRate`` of this job client (made on first use)."""
+    def of(cls, jobs: JobGateway) -> "RequestRate":
+        """The one ``RequestRate`` of this job gateway (made on first use)."""
         rate = _rates.get(jobs)
         if rate is None:
             rate = _rates[jobs] = cls(jobs)
@@ -167,5 +167,5 @@ class RequestRate:
             raise refusal(verdict.limit, self._quota.settings)
 
 
-# One RequestRate per job client, that is per application, dropped with it.
-_rates: "weakref.WeakKeyDictionary[JobClient, RequestRate]" = weakref.WeakKeyDictionary()
+# One RequestRate per job gateway, that is per application, dropped with it.
+_rates: "weakref.WeakKeyDictionary[JobGateway, RequestRate]" = weakref.WeakKeyDictionary()

@@ -1,8 +1,8 @@
 """Whether this server process reaches Redis, and what it does when it does not.
 
 A thread of its own asks Redis ``PING`` every ``PROBE_INTERVAL_S`` on a
-connection of its own, so the answer does not wait behind the job client's
-round trips, nor on a busy IOLoop; every call of the job client that
+connection of its own, so the answer does not wait behind the job gateway's
+round trips, nor on a busy IOLoop; every call of the job gateway that
 reaches Redis counts too (its ``OutageLog``), so a recovery is seen at the
 first such call. From the time of the last answer:
 
@@ -37,7 +37,7 @@ from typing import Callable, Protocol, TypeVar
 from tornado.ioloop import PeriodicCallback
 
 from jobs import connection
-from jobs.client import unavailable
+from jobs.gateway import unavailable
 from jobs.outage import OutageLog
 from settings import Settings
 
@@ -65,7 +65,7 @@ class RedisWatch:
     def __init__(self, settings: Settings, outage: OutageLog | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.settings = settings
-        self.outage = outage  # the job client's: its calls that reach Redis count as answers
+        self.outage = outage  # the job gateway's: its calls that reach Redis count as answers
         self.clock = clock
         # When a PING that Redis answered was sent (self.clock). Written by the
         # probe thread only; a float is read and written whole.
@@ -85,12 +85,12 @@ class RedisWatch:
 
     @property
     def last_reached(self) -> float:
-        """When Redis last answered: a PING of the probe, or a call of the job client (when it began)."""
+        """When Redis last answered: a PING of the probe, or a call of the job gateway (when it began)."""
         by_jobs = self.outage.last_reached if self.outage is not None else None
         return self._pinged if by_jobs is None else max(self._pinged, by_jobs)
 
     def silent_for(self) -> float:
-        """Seconds since Redis last answered (a few hundredths while the job client is busy, at most about
+        """Seconds since Redis last answered (a few hundredths while the job gateway is busy, at most about
         PROBE_INTERVAL_S when all is well)."""
         self._keep_probing()
         return max(self.clock() - self.last_reached, 0.0)
@@ -100,7 +100,7 @@ class RedisWatch:
     def bounded(self, answer: asyncio.Future, asked_at: float) -> asyncio.Future:
         """``answer``, failed with ``unavailable`` if Redis stays silent ``REDIS_UNAVAILABLE_S`` after ``asked_at``.
 
-        The job client's futures are failed in place (it never resolves a
+        The job gateway's futures are failed in place (it never resolves a
         future that is done): no timer and no second future per request, only
         an entry in a queue that the periodic check looks at. A task (a
         cancel) gets a future of its own, since a task cannot be failed.
@@ -205,7 +205,7 @@ class RedisWatch:
                 try:
                     redis.ping()
                     self._pinged = sent
-                except Exception:  # noqa: BLE001 - any failure is "not reached"; the job client logs outages
+                except Exception:  # noqa: BLE001 - any failure is "not reached"; the job gateway logs outages
                     pass
                 self._stop.wait(max(PROBE_INTERVAL_S - (self.clock() - sent), 0.01))
         finally:

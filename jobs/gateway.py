@@ -1,9 +1,10 @@
-"""The server's asynchronous view of the job store.
+"""The server's gateway to Redis: the job store and the per-client limits, seen from the IOLoop.
 
-Requests that arrive while a round trip is under way wait for it and then go
-together in the next one: under load a single round trip enqueues hundreds of
-jobs, and one request alone still goes at once. Redis is only touched on this
-module's own threads, never on the IOLoop.
+Every Redis call the web server makes for its requests goes through here and
+comes back as a Future. Requests that arrive while a round trip is under way
+wait for it and then go together in the next one: under load a single round
+trip enqueues hundreds of jobs, and one request alone still goes at once.
+Redis is only touched on this module's own threads, never on the IOLoop.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ T = TypeVar("T")
 
 # Redis 6 reports a write its script made past ``maxmemory`` inside a script error.
 class RedisFull(Exception):
-    """Raised by the job client's calls in place of Redis's refusal of a write at its ``maxmemory``."""
+    """Raised by the job gateway's calls in place of Redis's refusal of a write at its ``maxmemory``."""
 
 # Background tasks, referenced until they end: the loop itself keeps only weak references.
 _background: set[asyncio.Task] = set()
@@ -76,7 +77,10 @@ class ClientCountsSource(Protocol):
     def take(self, clients: Iterable[str], everyone: bool = False) -> dict[str, tuple[int, int]]: ...
 
 
-class JobClient:
+class JobGateway:
+    """Batches the requests (submits, lookups, connections) of every connection of this process
+    into one Redis round trip per IOLoop pass, and runs the other Redis calls off the loop."""
+
     def __init__(self, store: JobStore, on_internal_error: Callable[[str], None] = lambda where: None,
                  quota: QuotaStore | None = None, counts: ClientCountsSource | None = None):
         self.store = store
@@ -408,7 +412,7 @@ class JobClient:
         return False
 
     def run(self, fn: Callable[..., T], *args) -> Awaitable[T]:
-        """Run a blocking call (Redis) on this client's threads, never on the IOLoop."""
+        """Run a blocking call (Redis) on this gateway's threads, never on the IOLoop."""
         return self._call(self._executor, fn, *args)
 
     async def _call(self, executor: ThreadPoolExecutor, fn: Callable[..., T], *args) -> T:

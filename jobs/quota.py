@@ -19,7 +19,7 @@ a server renews the TTLs of its keys once per lease while it counts anybody,
 and the list of leases outlives every server's own keys.
 
 Everything happens in one Lua script per exchange, so it is atomic and costs
-one round trip, made on the job client's threads (never on the IOLoop). The
+one round trip, made on the job gateway's threads (never on the IOLoop). The
 script reads keys it computes itself: it needs a single Redis (or a
 Sentinel-managed primary), not Redis Cluster.
 """

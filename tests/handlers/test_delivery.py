@@ -15,7 +15,7 @@ from redis import Redis
 
 import protocol
 from handlers.delivery import ResultDelivery
-from jobs.client import JobClient
+from jobs.gateway import JobGateway
 from jobs.store import JobStore
 from server import connect_redis
 from settings import Settings
@@ -47,7 +47,7 @@ def make_delivery(io_loop):
     made = []
 
     def make(settings: Settings) -> ResultDelivery:
-        jobs = JobClient(JobStore(connect_redis(settings), settings))
+        jobs = JobGateway(JobStore(connect_redis(settings), settings))
         delivery = ResultDelivery(jobs, settings)
         made.append(delivery)
         delivery.start()
@@ -144,7 +144,7 @@ async def test_an_outage_is_logged_once_at_each_end_and_delivery_resumes(make_de
     subscriber = Subscriber("a")
     delivery.watch(task_id, subscriber)
 
-    with caplog.at_level(logging.WARNING, logger="jobs.client"):
+    with caplog.at_level(logging.WARNING, logger="jobs.gateway"):
         own_redis.stop()
         await async_wait_until(lambda: delivery.jobs.outage.down, timeout=10, what="the outage to be seen")
         down_at = time.monotonic()
@@ -157,7 +157,7 @@ async def test_an_outage_is_logged_once_at_each_end_and_delivery_resumes(make_de
         finally:
             worker.stop()
     assert subscriber.frames == [{"type": "success", "task_id": task_id, "result": 6227020800, "digits": 10}]
-    lines = [r.getMessage() for r in caplog.records if r.name == "jobs.client"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "jobs.gateway"]
     assert lines[0].startswith("Redis unreachable: ")
     assert lines[-1].startswith("Redis reachable again after ")
     # Reminders at 1, 3, 7 s: at most three in a little over four seconds.
@@ -184,11 +184,11 @@ async def test_a_start_is_pushed_for_hard_jobs_only(make_delivery, redis_url):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_close_waits_for_the_tick_under_way_so_no_call_follows_the_job_client(redis_url, caplog):
-    # As a draining server does: close delivery, then the job client's threads.
+    # As a draining server does: close delivery, then the job gateway's threads.
     caplog.set_level(logging.ERROR)
     for _ in range(5):
         settings = settings_for(redis_url)
-        jobs = JobClient(JobStore(connect_redis(settings), settings))
+        jobs = JobGateway(JobStore(connect_redis(settings), settings))
         delivery = ResultDelivery(jobs, settings)
         delivery.watch("c" * 32, Subscriber("c"))  # something to share with other servers each tick
         delivery.start()

@@ -1,4 +1,4 @@
-"""jobs/client.py on a real Redis: requests batched into one round trip, outages and bugs told apart."""
+"""jobs/gateway.py on a real Redis: requests batched into one round trip, outages and bugs told apart."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import pytest
 from redis import Redis
 
-from jobs.client import JobClient
+from jobs.gateway import JobGateway
 from jobs.states import MISSING, QUEUED
 from jobs.store import JobStore
 from protocol import ErrorCode, ProtocolError
@@ -26,21 +26,21 @@ def script_runs(redis: Redis) -> int:
 
 
 @pytest.fixture
-def job_client(redis_url, io_loop):
+def gateway(redis_url, io_loop):
     settings = Settings(redis_url=redis_url, soft_batch_size=50)
-    client = JobClient(JobStore(connect_redis(settings), settings))
-    yield client
-    client.close()
+    gateway = JobGateway(JobStore(connect_redis(settings), settings))
+    yield gateway
+    gateway.close()
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_requests_made_in_one_loop_pass_go_to_redis_in_one_round_trip(job_client, redis_client):
-    await job_client.submit(0)  # the script is sent to Redis once, before counting
+async def test_requests_made_in_one_loop_pass_go_to_redis_in_one_round_trip(gateway, redis_client):
+    await gateway.submit(0)  # the script is sent to Redis once, before counting
     redis_client.config_resetstat()
 
     numbers = list(range(1, 201)) + list(range(2000, 2010))
-    submits = [job_client.submit(n) for n in numbers]
-    lookups = [job_client.lookup(UNKNOWN) for _ in range(20)]
+    submits = [gateway.submit(n) for n in numbers]
+    lookups = [gateway.lookup(UNKNOWN) for _ in range(20)]
     acks = await asyncio.gather(*submits)
     states = await asyncio.gather(*lookups)
 
@@ -55,34 +55,34 @@ async def test_requests_made_in_one_loop_pass_go_to_redis_in_one_round_trip(job_
 async def test_an_unreachable_redis_is_unavailable_and_not_counted_as_a_bug(io_loop, caplog):
     settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     bugs = []
-    client = JobClient(JobStore(connect_redis(settings), settings), on_internal_error=bugs.append)
+    gateway = JobGateway(JobStore(connect_redis(settings), settings), on_internal_error=bugs.append)
     try:
-        with caplog.at_level(logging.WARNING, logger="jobs.client"):
-            for request in (client.submit(5), client.lookup(UNKNOWN), client.submit(6)):
+        with caplog.at_level(logging.WARNING, logger="jobs.gateway"):
+            for request in (gateway.submit(5), gateway.lookup(UNKNOWN), gateway.submit(6)):
                 with pytest.raises(ProtocolError) as failed:
                     await request
                 assert failed.value.code == ErrorCode.UNAVAILABLE
-        assert client.outage.down and bugs == []
-        assert [r.getMessage().split(":")[0] for r in caplog.records if r.name == "jobs.client"] == [
+        assert gateway.outage.down and bugs == []
+        assert [r.getMessage().split(":")[0] for r in caplog.records if r.name == "jobs.gateway"] == [
             "Redis unreachable"]
     finally:
-        client.close()
+        gateway.close()
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_an_error_that_is_not_an_outage_fails_the_requests_and_is_counted(job_client, redis_client, caplog):
+async def test_an_error_that_is_not_an_outage_fails_the_requests_and_is_counted(gateway, redis_client, caplog):
     # A key of the wrong type: Redis answers WRONGTYPE, a bug or a foreign writer, not an outage.
     redis_client.set("rq:queue:soft", "not a list")
     bugs = []
-    job_client.on_internal_error = bugs.append
-    with caplog.at_level(logging.ERROR, logger="jobs.client"):
+    gateway.on_internal_error = bugs.append
+    with caplog.at_level(logging.ERROR, logger="jobs.gateway"):
         with pytest.raises(ProtocolError) as failed:
-            await job_client.submit(5)
+            await gateway.submit(5)
     assert failed.value.code == ErrorCode.JOB_FAILED and "internal error" in failed.value.text
-    assert bugs == ["submit"] and not job_client.outage.down
-    logged = [r for r in caplog.records if r.name == "jobs.client" and r.levelno == logging.ERROR]
+    assert bugs == ["submit"] and not gateway.outage.down
+    logged = [r for r in caplog.records if r.name == "jobs.gateway" and r.levelno == logging.ERROR]
     assert logged and logged[0].exc_info is not None  # with its traceback
 
-    # The client goes on: the hard queue is intact.
+    # The gateway goes on: the hard queue is intact.
     redis_client.delete("rq:queue:soft")
-    assert (await job_client.submit(5000)).status == QUEUED
+    assert (await gateway.submit(5000)).status == QUEUED

@@ -38,7 +38,7 @@ def test_a_live_servers_counts_outlast_the_ttls_while_it_renews_its_lease(redis_
     redis = Redis.from_url(redis_url)
     a, b = QuotaStore(redis, settings, "a"), QuotaStore(redis, settings, "b")
     a.exchange({}, [Admission("c", "connection", 2)])
-    # a renews its lease a few times per lease (jobs/client.py), with no change
+    # a renews its lease a few times per lease (jobs/gateway.py), with no change
     # to its counts, for more than the client hash's TTL (3 leases).
     renewals = 0
     deadline = time.monotonic() + 5 * LEASE_S

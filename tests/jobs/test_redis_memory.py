@@ -77,7 +77,7 @@ async def internal_errors(http_client, base_url) -> list[str]:
 @pytest.mark.gen_test(timeout=90)
 async def test_a_full_redis_answers_busy_over_websocket_and_http_and_the_server_serves_on(
         app, ws_url, http_client, base_url, worker, redis_client, caplog):
-    caplog.set_level(logging.WARNING, logger="jobs.client")
+    caplog.set_level(logging.WARNING, logger="jobs.gateway")
     client = await Client.connect(ws_url)
     _, done = await client.factorial(5)
     assert done["result"] == 120
