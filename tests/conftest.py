@@ -162,8 +162,10 @@ def make_settings(redis_url):
 
 
 @pytest.fixture
-def settings(make_settings):
-    return make_settings()
+def settings(make_settings, request):
+    """The in-process app's settings; a test changes them with
+    ``@pytest.mark.parametrize("settings", [{"max_in_flight": 3}], indirect=True)``."""
+    return make_settings(**getattr(request, "param", {}))
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ import time
 
 import pytest
 
-from settings import Settings
-from tests.conftest import ROOT, ServedApp, WorkerProcess
+from tests.conftest import ROOT
 from tests.helpers import Client, async_wait_until, jobs_waiting
 
 log = logging.getLogger(__name__)
@@ -99,12 +98,6 @@ async def test_a_binary_frame_over_the_limit_closes_with_1009(ws_url, redis_clie
 
 # --- fair use ---------------------------------------------------------------------
 
-@pytest.fixture
-def settings(redis_url, request):
-    overrides = getattr(request, "param", {})
-    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2, **overrides)
-
-
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("settings", [{"max_requests_per_s": 5}], indirect=True)
 async def test_requests_over_the_rate_get_rate_limited_then_pass_again(settings, ws_url):
@@ -144,7 +137,7 @@ async def test_requests_over_the_in_flight_cap_get_rate_limited(settings, ws_url
 
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("settings", [{"max_queue_length": 2}], indirect=True)
-async def test_a_full_queue_answers_busy_and_accepts_again_once_drained(settings, ws_url, redis_url, redis_client):
+async def test_a_full_queue_answers_busy_and_accepts_again_once_drained(settings, ws_url, make_worker, redis_client):
     client = await Client.connect(ws_url)
     first = [await client.ask({"type": "factorial", "number": 100 + i}) for i in range(2)]
     busy = await client.ask({"type": "factorial", "number": 102, "ref": "third"})
@@ -154,38 +147,21 @@ async def test_a_full_queue_answers_busy_and_accepts_again_once_drained(settings
     # The hard queue has its own room.
     hard = await client.ask({"type": "factorial", "number": 5000})
     assert hard["type"] == "result"
-    worker = WorkerProcess(redis_url).start()
-    try:
-        ids = {a["task_id"] for a in first}
-        delivered = set()
-        while not ids <= delivered:
-            message = await client.receive(20)
-            if message["type"] == "success":
-                delivered.add(message["task_id"])
-        ack = await client.ask({"type": "factorial", "number": 102})
-        while ack.get("task_id") == hard["task_id"]:  # the hard job's pushes may come first
-            ack = await client.receive(20)
-        assert ack["type"] == "result"
+    make_worker()
+    ids = {a["task_id"] for a in first}
+    delivered = set()
+    while not ids <= delivered:
+        message = await client.receive(20)
+        if message["type"] == "success":
+            delivered.add(message["task_id"])
+    ack = await client.ask({"type": "factorial", "number": 102})
+    while ack.get("task_id") == hard["task_id"]:  # the hard job's pushes may come first
+        ack = await client.receive(20)
+    assert ack["type"] == "result"
+    done = await client.receive(20)
+    while done.get("task_id") != ack["task_id"]:  # the hard job's messages may come between
         done = await client.receive(20)
-        while done.get("task_id") != ack["task_id"]:  # the hard job's messages may come between
-            done = await client.receive(20)
-        assert done["type"] == "success" and done["digits"] == 162
-    finally:
-        worker.stop()
-
-
-@pytest.fixture
-def server_process(redis_url):
-    started = []
-
-    def start(**env):
-        server = ServedApp(redis_url, **env).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+    assert done["type"] == "success" and done["digits"] == 162
 
 
 # Sends requests on one connection as fast as the socket takes them, reads
@@ -237,8 +213,8 @@ async def _lookup_latencies(url: str, task_id: str, count: int) -> list[float]:
 
 @pytest.mark.slow
 @pytest.mark.gen_test(timeout=90)
-async def test_one_flooding_connection_does_not_slow_the_others(server_process, worker, tmp_path):
-    server = server_process()
+async def test_one_flooding_connection_does_not_slow_the_others(make_server, worker, tmp_path):
+    server = make_server()
     setup = await Client.connect(server.ws_url)
     ack, _ = await setup.factorial(20)
     task_id = ack["task_id"]
@@ -277,8 +253,8 @@ async def test_one_flooding_connection_does_not_slow_the_others(server_process, 
 
 @pytest.mark.slow
 @pytest.mark.gen_test(timeout=60)
-async def test_a_client_gets_its_result_by_task_id_after_the_server_restarts(server_process, redis_url):
-    first = server_process()
+async def test_a_client_gets_its_result_by_task_id_after_the_server_restarts(make_server, make_worker):
+    first = make_server()
     client = await Client.connect(first.ws_url)
     ack = await client.ask({"type": "factorial", "number": 40_000})
     assert ack["status"] == "queued"  # no worker yet
@@ -286,17 +262,14 @@ async def test_a_client_gets_its_result_by_task_id_after_the_server_restarts(ser
     first.process.wait()
     assert await client.connection.read_message() is None
 
-    worker = WorkerProcess(redis_url).start()
-    try:
-        second = server_process()
-        again = await Client.connect(second.ws_url)
-        answer = await again.ask({"type": "result", "task_id": ack["task_id"]}, timeout=20)
-        while answer["type"] == "status":
-            answer = await again.receive(20)
-        assert answer["type"] == "success" and answer["task_id"] == ack["task_id"]
-        assert answer["digits"] == 166_714
-    finally:
-        worker.stop()
+    make_worker()
+    second = make_server()
+    again = await Client.connect(second.ws_url)
+    answer = await again.ask({"type": "result", "task_id": ack["task_id"]}, timeout=20)
+    while answer["type"] == "status":
+        answer = await again.receive(20)
+    assert answer["type"] == "success" and answer["task_id"] == ack["task_id"]
+    assert answer["digits"] == 166_714
 
 
 def _rss_kib() -> int:
@@ -329,7 +302,8 @@ async def _vanishing_round(ws_url, delivery, first_number: int) -> int:
 # 500 connections from one host: per-client limits off, as for a load test.
 @pytest.mark.parametrize("settings", [{"max_queue_length": 1000, "client_max_connections": 0,
                                        "client_max_in_flight": 0, "client_max_requests_per_s": 0}], indirect=True)
-async def test_500_clients_that_vanish_mid_job_leave_nothing_behind(settings, app, ws_url, redis_url, redis_client):
+async def test_500_clients_that_vanish_mid_job_leave_nothing_behind(settings, app, ws_url, make_worker,
+                                                                    redis_client):
     delivery = app.context.delivery
     before = _rss_kib()
     # No worker yet, so every job is still pending when its clients vanish.
@@ -344,13 +318,10 @@ async def test_500_clients_that_vanish_mid_job_leave_nothing_behind(settings, ap
     # (A first round that left RSS below where it began allows no growth but the slack.)
     assert after_second - after_first < 0.5 * max(after_first - before, 0) + 4096
     # Their jobs still run; their ends are delivered to nobody, and a new client is served.
-    worker = WorkerProcess(redis_url).start()
-    try:
-        await async_wait_until(lambda: jobs_waiting(redis_client, "hard") == 0, timeout=60,
-                               what="the abandoned jobs to run")
-        fresh = await Client.connect(ws_url)
-        ack, done = await fresh.factorial(12)
-        assert done["result"] == 479001600
-        assert delivery.waiting_jobs == 0 and delivery.waiting_subscribers == 0
-    finally:
-        worker.stop()
+    make_worker()
+    await async_wait_until(lambda: jobs_waiting(redis_client, "hard") == 0, timeout=60,
+                           what="the abandoned jobs to run")
+    fresh = await Client.connect(ws_url)
+    ack, done = await fresh.factorial(12)
+    assert done["result"] == 479001600
+    assert delivery.waiting_jobs == 0 and delivery.waiting_subscribers == 0
