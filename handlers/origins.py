@@ -10,7 +10,7 @@ no ``Origin`` and are not checked.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import AbstractSet
 from urllib.parse import urlparse
 
 # Methods that change nothing. A page on another site may send them, but
@@ -18,14 +18,17 @@ from urllib.parse import urlparse
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def allowed(origin: str, host: str, allowed_origins: Iterable[str]) -> bool:
-    """Whether a page at ``origin`` may use the service reached as ``host`` (the request's Host header)."""
+def allowed(origin: str, host: str, allowed_origins: AbstractSet[str]) -> bool:
+    """Whether a page at ``origin`` may use the service reached as ``host`` (the request's Host header).
+
+    ``allowed_origins`` is ``Settings.allowed_origins``: lower-cased, without a trailing slash.
+    """
     parsed = urlparse(origin)
     if parsed.netloc and parsed.netloc.lower() == host.lower():
         return True
-    return origin.rstrip("/").lower() in {o.lower() for o in allowed_origins}
+    return origin.rstrip("/").lower() in allowed_origins
 
 
-def refused(method: str, origin: str | None, host: str, allowed_origins: Iterable[str]) -> bool:
+def refused(method: str, origin: str | None, host: str, allowed_origins: AbstractSet[str]) -> bool:
     """Whether an HTTP request must be refused: one that may change something, sent by a page of another site."""
     return origin is not None and method not in SAFE_METHODS and not allowed(origin, host, allowed_origins)

@@ -82,17 +82,19 @@ def redact_url(url: str) -> str:
 def describe(settings: Settings) -> str:
     """Where the service's Redis is, for logs and error pages: never a password."""
     if settings.redis_sentinels:
-        return (f"primary {settings.redis_sentinel_master!r} of Sentinels {','.join(settings.redis_sentinels)}"
+        return (f"primary {settings.redis_sentinel_master!r} of Sentinels {sentinel_list(settings)}"
                 f" ({redact_url(settings.redis_url)})")
     return redact_url(settings.redis_url)
 
 
 def sentinel_addresses(settings: Settings) -> list[tuple[str, int]]:
-    addresses = []
-    for address in settings.redis_sentinels:
-        host, _, port = address.rpartition(":")
-        addresses.append((host.strip("[]"), int(port)))
-    return addresses
+    """The Sentinels as redis-py takes them: (host, port) pairs, as settings.py parsed them."""
+    return list(settings.redis_sentinels)
+
+
+def sentinel_list(settings: Settings) -> str:
+    """The Sentinels as "host:port,[v6 address]:port", as URLs and logs write them."""
+    return ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in settings.redis_sentinels)
 
 
 def client_options(settings: Settings) -> dict:

@@ -13,31 +13,39 @@ import os
 import sys
 from pathlib import Path
 
+from settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOGIN_VARIABLES = ("RQ_DASHBOARD_USERNAME", "RQ_DASHBOARD_PASSWORD")
 
 
-def command(environ) -> list[str]:
-    """The rq-dashboard command line for this environment; SystemExit if it would be unsafe."""
-    bind = environ.get("RQ_DASHBOARD_BIND", "127.0.0.1")
-    port = environ.get("RQ_DASHBOARD_PORT", "9181")
-    username = environ.get("RQ_DASHBOARD_USERNAME", "")
-    password = environ.get("RQ_DASHBOARD_PASSWORD", "")
-    if bind not in LOOPBACK and not (username and password):
+def command(settings: Settings) -> list[str]:
+    """The rq-dashboard command line for these settings; SystemExit if it would be unsafe."""
+    bind = settings.rq_dashboard_bind
+    if bind not in LOOPBACK and not (settings.rq_dashboard_username and settings.rq_dashboard_password):
         raise SystemExit(
             f"refusing to serve rq-dashboard on {bind} without a login: "
             "set RQ_DASHBOARD_USERNAME and RQ_DASHBOARD_PASSWORD, or bind to 127.0.0.1"
         )
-    from settings import Settings
     from stack.dashboard_config import unsupported
 
-    why = unsupported(Settings.from_env(environ))
+    why = unsupported(settings)
     if why:
         raise SystemExit(f"cannot run rq-dashboard: {why}")
     # Credentials travel in the environment and the config module, not on the
     # command line, where any local user could read them in the process list.
-    return ["rq-dashboard", "--bind", bind, "--port", port, "--config", "stack.dashboard_config"]
+    return ["rq-dashboard", "--bind", bind, "--port", str(settings.rq_dashboard_port),
+            "--config", "stack.dashboard_config"]
+
+
+def login(settings: Settings) -> dict[str, str]:
+    """The login rq-dashboard asks for, in the environment variables it reads it from (none: no login)."""
+    if not settings.rq_dashboard_username:  # settings.py has both or neither
+        return {}
+    return {"RQ_DASHBOARD_USERNAME": settings.rq_dashboard_username,
+            "RQ_DASHBOARD_PASSWORD": settings.rq_dashboard_password}
 
 
 def program(name: str = "rq-dashboard") -> list[str]:
@@ -54,11 +62,14 @@ def program(name: str = "rq-dashboard") -> list[str]:
 
 
 def main() -> None:
-    argv = command(os.environ)
+    settings = Settings.from_env()
+    argv = command(settings)
     argv = program(argv[0]) + argv[1:]
-    # rq-dashboard imports its --config module: let it find this project's.
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    os.execve(argv[0], argv + sys.argv[1:], {**os.environ, "PYTHONPATH": path})
+    # rq-dashboard imports its --config module: let it find this project's. It
+    # reads its login from the environment only: pass on the one settings.py read.
+    environment = {name: value for name, value in os.environ.items() if name not in LOGIN_VARIABLES}
+    path = os.pathsep.join(p for p in (str(ROOT), environment.get("PYTHONPATH", "")) if p)
+    os.execve(argv[0], argv + sys.argv[1:], {**environment, **login(settings), "PYTHONPATH": path})
 
 
 if __name__ == "__main__":

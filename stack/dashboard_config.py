@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-from jobs.connection import client_options, url_with_ca
+from jobs.connection import client_options, sentinel_list, url_with_ca
 from settings import Settings
 
 _settings = Settings.from_env()
@@ -17,7 +17,7 @@ _client = client_options(_settings)
 
 RQ_DASHBOARD_REDIS_PASSWORD = _client.get("password")
 if _settings.redis_sentinels:
-    RQ_DASHBOARD_REDIS_URL = (f"redis+sentinel://{','.join(_settings.redis_sentinels)}"
+    RQ_DASHBOARD_REDIS_URL = (f"redis+sentinel://{sentinel_list(_settings)}"
                               f"/{_settings.redis_sentinel_master}/{_client.get('db', 0)}")
     RQ_DASHBOARD_REDIS_SENTINEL_PASSWORD = _settings.redis_sentinel_password or None
 else:

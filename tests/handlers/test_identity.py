@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
 from handlers.identity import ClientIdentifier, client_of, without_api_key
 from protocol import ErrorCode, ProtocolError
-from settings import Settings, SettingsError
+from settings import ApiKey, Settings, SettingsError
 from tests.conftest import ROOT
 from tests.helpers import Client, free_port
 
@@ -200,7 +201,9 @@ def test_a_bad_trusted_proxies_entry_stops_the_real_server_at_start(redis_url):
 
 def test_keys_keep_every_character_of_the_environment():
     s = Settings.from_env({"API_KEYS": f"alice:{KEY}, bob:x", "TRUSTED_PROXIES": "10.0.0.0/8"})
-    assert s.api_keys == (f"alice:{KEY}", "bob:x") and s.trusted_proxies == ("10.0.0.0/8",)
+    assert s.api_keys == (ApiKey.of("alice", KEY), ApiKey.of("bob", "x"))
+    assert s.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert ClientIdentifier(s).identify(_request("198.18.0.9", "/ws", {"X-API-Key": KEY})).client == "key:alice"
 
 
 # --- end to end ----------------------------------------------------------------------

@@ -14,7 +14,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.httpserver import HTTPServer
 
 from server import make_app, ssl_context
-from settings import Settings
+from settings import Settings, SettingsError
 from stack import dashboard
 from stack.redis import server_command
 from tests.conftest import ROOT
@@ -133,22 +133,26 @@ async def test_wss_works_with_the_configured_certificate(redis_url, worker, cert
 
 # --- the dashboard and Redis stay private ------------------------------------------
 
-@pytest.mark.parametrize("env", [
-    {"RQ_DASHBOARD_BIND": "0.0.0.0"},
-    {"RQ_DASHBOARD_BIND": "192.0.2.10", "RQ_DASHBOARD_USERNAME": "admin"},
-    {"RQ_DASHBOARD_BIND": "::", "RQ_DASHBOARD_PASSWORD": "secret"},
-])
-def test_the_dashboard_refuses_a_public_bind_without_a_login(env):
+@pytest.mark.parametrize("bind", ["0.0.0.0", "192.0.2.10", "::"])
+def test_the_dashboard_refuses_a_public_bind_without_a_login(bind):
     with pytest.raises(SystemExit) as refused:
-        dashboard.command(env)
+        dashboard.command(Settings(rq_dashboard_bind=bind))
     assert "refusing" in str(refused.value)
 
 
+@pytest.mark.parametrize("half", [{"RQ_DASHBOARD_USERNAME": "admin"}, {"RQ_DASHBOARD_PASSWORD": "secret"}])
+def test_half_a_dashboard_login_is_a_start_up_error(half):
+    with pytest.raises(SettingsError, match="RQ_DASHBOARD_USERNAME and RQ_DASHBOARD_PASSWORD"):
+        Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0", "RQ_DASHBOARD_BIND": "192.0.2.10", **half})
+
+
 def test_the_dashboard_binds_loopback_by_default_and_keeps_credentials_off_the_command_line():
-    assert dashboard.command({})[1:3] == ["--bind", "127.0.0.1"]
-    argv = dashboard.command({"RQ_DASHBOARD_BIND": "0.0.0.0", "RQ_DASHBOARD_USERNAME": "admin",
-                              "RQ_DASHBOARD_PASSWORD": "s3cret"})
+    assert dashboard.command(Settings())[1:3] == ["--bind", "127.0.0.1"]
+    login = Settings(rq_dashboard_bind="0.0.0.0", rq_dashboard_username="admin", rq_dashboard_password="s3cret")
+    argv = dashboard.command(login)
     assert argv[1:3] == ["--bind", "0.0.0.0"] and "s3cret" not in " ".join(argv)
+    assert dashboard.login(login) == {"RQ_DASHBOARD_USERNAME": "admin", "RQ_DASHBOARD_PASSWORD": "s3cret"}
+    assert dashboard.login(Settings()) == {}
 
 
 def test_a_real_dashboard_start_on_a_public_address_is_refused(redis_url):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from jobs.connection import client_options, describe, redact_url, url_with_ca
+from jobs.connection import client_options, describe, redact_url, sentinel_addresses, sentinel_list, url_with_ca
 from settings import Settings, SettingsError
 
 
@@ -43,3 +43,11 @@ def test_a_plain_url_ignores_the_ca_file():
 def test_bad_sentinel_settings_name_the_variable(env, variable):
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env(env)
+
+
+def test_sentinels_come_parsed_from_settings_and_are_written_back_as_given():
+    settings = Settings.from_env({"REDIS_URL": "redis://:pw@h/0", "REDIS_SENTINEL_MASTER": "primary",
+                                  "REDIS_SENTINELS": "198.18.0.1:26379, [2001:db8::7]:26380"})
+    assert sentinel_addresses(settings) == [("198.18.0.1", 26379), ("2001:db8::7", 26380)]
+    assert sentinel_list(settings) == "198.18.0.1:26379,[2001:db8::7]:26380"
+    assert "Sentinels 198.18.0.1:26379,[2001:db8::7]:26380" in describe(settings)
