@@ -27,8 +27,6 @@ from tornado.httpserver import HTTPServer
 from tornado.websocket import WebSocketHandler
 
 from handlers.outbox import ENTRY_BYTES, HIGH_WATER_BYTES, UNREAD_CLOSE_CODE, Outbox
-from settings import Settings
-from tests.conftest import ServedApp, WorkerProcess
 from tests.helpers import Client, async_wait_until, free_port
 
 log = logging.getLogger(__name__)
@@ -250,18 +248,11 @@ async def test_tornado_ends_a_write_only_once_the_socket_took_it_and_says_when_i
 
 # --- a client that never reads, against the server ------------------------------------
 
-@pytest.fixture
-def budget_server(redis_url):
-    server = ServedApp(redis_url, client_max_unsent_bytes=8 * MIB).start()
-    yield server
-    server.stop()
-
-
 @pytest.mark.slow
 @pytest.mark.gen_test(timeout=120)
 async def test_a_client_that_never_reads_is_closed_with_1008_within_the_budget_and_others_stay_fast(
-        budget_server, worker):
-    server = budget_server
+        make_server, worker):
+    server = make_server(client_max_unsent_bytes=8 * MIB)
     url = f"ws://127.0.0.1:{server.port}/ws"
     # Others are other clients (other loopback addresses): the silent one's rate is its own.
     other = await Client.connect(HTTPRequest(url, network_interface="127.0.0.2"))
@@ -283,7 +274,7 @@ async def test_a_client_that_never_reads_is_closed_with_1008_within_the_budget_a
         async def ask_without_reading() -> None:
             for i in range(2000):  # about 200 a second, its per-connection rate, for at most 10 s
                 await silent.send({"type": "factorial", "number": BIG, "ref": i})
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # the pace of its sends: part of the scenario
 
         async def time_other_client() -> None:
             while True:
@@ -303,7 +294,7 @@ async def test_a_client_that_never_reads_is_closed_with_1008_within_the_budget_a
             # Bounded as it goes: a server that buffers without limit fails here, not out of memory.
             assert peak - before < 64 * 1024, f"RSS grew by {peak - before} KiB"
             closed = closed or await closed_unread() >= 1
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the sampling interval of a loop bounded by the deadline above
         asking.cancel()
         timing.cancel()
         # Its close frame waits behind what it was sent: reading now finds it.
@@ -318,37 +309,30 @@ async def test_a_client_that_never_reads_is_closed_with_1008_within_the_budget_a
              peak - before, len(latencies), 1000 * latencies[len(latencies) // 2], 1000 * p95)
     assert code == UNREAD_CLOSE_CODE and "CLIENT_MAX_UNSENT_BYTES" in reason
     assert peak - before < 8 * 1024 + 8 * 1024, f"RSS grew by {peak - before} KiB with a budget of 8 MiB"
-    assert p95 < 0.1, f"p95 of 5! was {p95 * 1000:.1f} ms"
+    # "Others stay fast": a speed, not the budget's contract, so with room for a loaded machine; a server that
+    # stalled its loop on the silent client's backlog would take seconds.
+    assert p95 < 0.3, f"p95 of 5! was {p95 * 1000:.1f} ms"
 
 
 # --- a client that reads gets everything it asked for ---------------------------------
-
-@pytest.fixture
-def settings(redis_url, request):
-    overrides = getattr(request, "param", {})
-    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2, **overrides)
-
 
 @pytest.mark.slow
 @pytest.mark.gen_test(timeout=90)
 @pytest.mark.parametrize("settings", [{"client_max_unsent_bytes": 2 * MIB}], indirect=True)
 async def test_a_client_that_reads_gets_a_big_result_for_each_of_its_refs_whatever_the_budget(
-        settings, app, ws_url, redis_url):
+        settings, app, ws_url, make_worker):
     client = await Client.connect(ws_url)
     refs = range(40)  # 40 x 456 KB: 18 MB owed at once, nine times the budget
     try:
         for ref in refs:
             ack = await client.ask({"type": "factorial", "number": BIG + 1, "ref": ref})
             assert ack["type"] == "result" and ack["status"] == "queued", ack
-        worker = WorkerProcess(redis_url).start()
-        try:
-            got = {}
-            while len(got) < len(refs):
-                message = await client.receive(timeout=60)
-                if message["type"] == "success":
-                    got[message["ref"]] = message["digits"]
-        finally:
-            worker.stop()
+        make_worker()
+        got = {}
+        while len(got) < len(refs):
+            message = await client.receive(timeout=60)
+            if message["type"] == "success":
+                got[message["ref"]] = message["digits"]
         assert got == {ref: 456_579 for ref in refs}
         assert app.context.metrics.closed_unread._value.get() == 0
     finally:
