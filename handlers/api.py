@@ -131,7 +131,7 @@ class FactorialApiHandler(_ApiHandler):
         try:
             if counted:
                 counted.asking += 1
-            state = await self.context.jobs.submit(request.number, client, hold=True)
+            state = await self.context.jobs.request_submit(request.number, client, hold=True)
         except ProtocolError as err:
             self.reply_error(err, request.ref)
             return
@@ -159,7 +159,7 @@ class TaskApiHandler(_ApiHandler):
         try:
             if counted:
                 counted.asking += 1
-            state: JobState = await self.context.jobs.lookup(request.task_id, client)
+            state: JobState = await self.context.jobs.request_lookup(request.task_id, client)
         except ProtocolError as err:
             self.reply_error(err)
             return
@@ -193,9 +193,9 @@ class TaskApiHandler(_ApiHandler):
                 # Its POST's job is no longer in flight for it.
                 delivery.unwatch(request.task_id, counted)
                 counted.settle()
-            outcome = await self.context.jobs.cancel(request.task_id, delivery.server_id,
-                                                     delivery.others_wait(request.task_id, None),
-                                                     holder=client)
+            outcome = await self.context.jobs.request_cancel(request.task_id, delivery.server_id,
+                                                             delivery.others_wait(request.task_id, None),
+                                                             holder=client)
         except ProtocolError as err:
             self.reply_error(err)
             return

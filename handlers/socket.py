@@ -149,18 +149,18 @@ class FactorialSocket(WebSocketHandler):
                 return asyncio.sleep(1 / max(self.context.settings.max_requests_per_s, 1))
             return None
         if isinstance(request, FactorialRequest):
-            self._queue_answer(request, self.context.jobs.submit(request.number, self.client))
+            self._queue_answer(request, self.context.jobs.request_submit(request.number, self.client))
         elif isinstance(request, CancelRequest):
             delivery = self.context.delivery
             others_here = delivery.others_wait(request.task_id, self)
             self._queue_answer(request, asyncio.ensure_future(self._cancel(request.task_id, others_here)))
         else:
-            self._queue_answer(request, self.context.jobs.lookup(request.task_id, self.client))
+            self._queue_answer(request, self.context.jobs.request_lookup(request.task_id, self.client))
 
     async def _cancel(self, task_id: str, others_here: bool) -> str:
         """Cancel, counted against the client's request rate as an HTTP DELETE is (it starts no job)."""
         await RequestRate.of(self.context.jobs).admit(self.client)
-        return await self.context.jobs.cancel(task_id, self.context.delivery.server_id, others_here)
+        return await self.context.jobs.request_cancel(task_id, self.context.delivery.server_id, others_here)
 
     def send(self, frame: bytes | str, ref=None) -> int:
         """Send one frame (``ref`` added to it, protocol.with_ref, when it is written); return its size,

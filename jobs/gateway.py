@@ -130,14 +130,17 @@ class JobGateway:
             except OUTAGE_ERRORS:
                 pass  # the lease runs out by itself
 
-    # --- batched requests ---------------------------------------------------
+    # --- one client request each, answered as the protocol answers it --------
+    # (The store's own calls take and answer many at once, errors as values.)
 
-    def submit(self, number: int, client: str | None = None, hold: bool = False) -> "asyncio.Future[JobState]":
-        """The job for ``number!``; fails with ``ProtocolError`` (busy, unavailable, rate_limited).
+    def request_submit(self, number: int, client: str | None = None,
+                       hold: bool = False) -> "asyncio.Future[JobState]":
+        """The job for one ``number!``; fails with ``ProtocolError`` (busy, unavailable, rate_limited).
 
-        A request of a ``client`` counts against its per-client limits.
-        ``hold``: the client (an HTTP POST's) holds a wait on the task until
-        its own cancel or the result's expiry (jobs.store.JobStore.submit).
+        Goes to Redis with every other request of this loop pass, in one
+        ``JobStore.submit`` of many numbers. A request of a ``client`` counts
+        against its per-client limits. ``hold``: the client (an HTTP POST's)
+        holds a wait on the task until its own cancel or the result's expiry.
         """
         future = asyncio.get_running_loop().create_future()
         self._submits.append((number, future, client))
@@ -146,7 +149,8 @@ class JobGateway:
         self._schedule_flush()
         return future
 
-    def lookup(self, task_id: str, client: str | None = None) -> "asyncio.Future[JobState]":
+    def request_lookup(self, task_id: str, client: str | None = None) -> "asyncio.Future[JobState]":
+        """One task's state, batched as ``request_submit`` is (``JobStore.states``)."""
         future = asyncio.get_running_loop().create_future()
         self._lookups.append((task_id, future, client))
         self._schedule_flush()
@@ -332,9 +336,11 @@ class JobGateway:
 
     # --- direct calls ---------------------------------------------------------
 
-    def cancel(self, task_id: str, server_id: str, others_here: bool, holder: str = "") -> "asyncio.Future[str]":
-        """Cancel a task (jobs.store.JobStore.cancel): ``stopped``, ``continues`` or ``ended``;
-        fails with ``unknown_task_id``, or ``unavailable``. ``holder``: an HTTP client's identity."""
+    def request_cancel(self, task_id: str, server_id: str, others_here: bool,
+                       holder: str = "") -> "asyncio.Future[str]":
+        """Cancel one task: ``stopped``, ``continues`` or ``ended``; fails with ``unknown_task_id``
+        (where ``JobStore.cancel`` returns ``unknown``), ``busy`` or ``unavailable``. Not batched.
+        ``holder``: an HTTP client's identity."""
         return asyncio.ensure_future(self._cancel(task_id, server_id, others_here, holder))
 
     async def _cancel(self, task_id: str, server_id: str, others_here: bool, holder: str = "") -> str:

@@ -64,7 +64,7 @@ def settings_for(redis_url: str, **changes) -> Settings:
 
 
 async def acked(delivery: ResultDelivery, number: int) -> str:
-    return (await delivery.jobs.submit(number)).task_id
+    return (await delivery.jobs.request_submit(number)).task_id
 
 
 @pytest.mark.gen_test(timeout=60)

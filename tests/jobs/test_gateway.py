@@ -35,12 +35,12 @@ def gateway(redis_url, io_loop):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_requests_made_in_one_loop_pass_go_to_redis_in_one_round_trip(gateway, redis_client):
-    await gateway.submit(0)  # the script is sent to Redis once, before counting
+    await gateway.request_submit(0)  # the script is sent to Redis once, before counting
     redis_client.config_resetstat()
 
     numbers = list(range(1, 201)) + list(range(2000, 2010))
-    submits = [gateway.submit(n) for n in numbers]
-    lookups = [gateway.lookup(UNKNOWN) for _ in range(20)]
+    submits = [gateway.request_submit(n) for n in numbers]
+    lookups = [gateway.request_lookup(UNKNOWN) for _ in range(20)]
     acks = await asyncio.gather(*submits)
     states = await asyncio.gather(*lookups)
 
@@ -58,7 +58,7 @@ async def test_an_unreachable_redis_is_unavailable_and_not_counted_as_a_bug(io_l
     gateway = JobGateway(JobStore(connect_redis(settings), settings), on_internal_error=bugs.append)
     try:
         with caplog.at_level(logging.WARNING, logger="jobs.gateway"):
-            for request in (gateway.submit(5), gateway.lookup(UNKNOWN), gateway.submit(6)):
+            for request in (gateway.request_submit(5), gateway.request_lookup(UNKNOWN), gateway.request_submit(6)):
                 with pytest.raises(ProtocolError) as failed:
                     await request
                 assert failed.value.code == ErrorCode.UNAVAILABLE
@@ -77,7 +77,7 @@ async def test_an_error_that_is_not_an_outage_fails_the_requests_and_is_counted(
     gateway.on_internal_error = bugs.append
     with caplog.at_level(logging.ERROR, logger="jobs.gateway"):
         with pytest.raises(ProtocolError) as failed:
-            await gateway.submit(5)
+            await gateway.request_submit(5)
     assert failed.value.code == ErrorCode.JOB_FAILED and "internal error" in failed.value.text
     assert bugs == ["submit"] and not gateway.outage.down
     logged = [r for r in caplog.records if r.name == "jobs.gateway" and r.levelno == logging.ERROR]
@@ -85,4 +85,4 @@ async def test_an_error_that_is_not_an_outage_fails_the_requests_and_is_counted(
 
     # The gateway goes on: the hard queue is intact.
     redis_client.delete("rq:queue:soft")
-    assert (await gateway.submit(5000)).status == QUEUED
+    assert (await gateway.request_submit(5000)).status == QUEUED
