@@ -86,7 +86,7 @@ SERVER_STAGES = (
     ("connections: accept and handshake", ("WebSocketHandler.get", "accept_connection", "HTTP1ServerConnection")),
     ("socket writes (Tornado)", ("write_to_fd", "_handle_write")),
     ("submit: Lua script round trip (Redis thread)", ("JobStore._claim", "JobStore.submit")),
-    ("events: blocking XREAD (Redis thread)", ("JobStore.read_events",)),
+    ("events: blocking XREAD (Redis thread)", ("JobStore.sync_waits_and_read_events", "JobStore.read_events")),
     ("events: payload MGET (Redis thread)", ("JobStore.payloads",)),
     ("lookups and sweep (Redis thread)", ("JobStore.states",)),
 )

@@ -189,7 +189,7 @@ class ResultDelivery:
                 self._cursor = await self.jobs.events_cursor()
             waits = self._waits_to_share(now)
             try:
-                self._cursor, found, payloads = await self.jobs.read_events(
+                self._cursor, found, payloads = await self.jobs.sync_waits_and_read_events(
                     self._cursor, self.settings.delivery_wait_ms, self._waiting, waits
                 )
             except BaseException:

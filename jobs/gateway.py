@@ -363,20 +363,22 @@ class JobGateway:
     def events_cursor(self) -> Awaitable[str]:
         return self.run(self.store.events_cursor)
 
-    def read_events(
+    def sync_waits_and_read_events(
         self, cursor: str, block_ms: int, waiting: Container[str] = (), waits: tuple[str, Waits] | None = None,
     ) -> Awaitable[tuple[str, list[Event], dict[str, bytes]]]:
-        """Events after ``cursor``, and the success messages of the finished jobs among ``waiting``.
+        """Share ``waits`` (server id, changes) and feed the RQ queues when due, then read the events after
+        ``cursor``, in one round trip (JobStore.sync_waits_and_read_events); with the success messages of
+        the finished jobs among ``waiting``.
 
         Small messages come with their events; the others are fetched on the
         same thread right after the read, so a job's end costs the IOLoop one
-        wake-up. ``waits`` (server id, changes) are shared, and the RQ queues
-        fed when due, in the read's own round trip (JobStore.read_events).
+        wake-up.
         """
-        return self._call(self._events_executor, self._read_events_and_payloads, cursor, block_ms, waiting, waits)
+        return self._call(self._events_executor, self._sync_and_read_with_payloads, cursor, block_ms, waiting, waits)
 
-    def _read_events_and_payloads(self, cursor: str, block_ms: int, waiting: Container[str], waits=None):
-        cursor, found = self.store.read_events(cursor, block_ms, waits=waits, dispatch=self._dispatch_due())
+    def _sync_and_read_with_payloads(self, cursor: str, block_ms: int, waiting: Container[str], waits=None):
+        cursor, found = self.store.sync_waits_and_read_events(cursor, block_ms, waits=waits,
+                                                              dispatch=self._dispatch_due())
         self._ends_read = bool(found)
         # ``waiting`` is read while the IOLoop may change it: a job missed here
         # is fetched by the caller, so a stale view costs a round trip, not a result.

@@ -85,7 +85,7 @@ class JobStore:
         POST); a client that holds none changes nothing. The job is stopped
         only when no one else waits for it: no HTTP holder, no other
         connection of this server (``others_here``), none of another live
-        server (shared with ``read_events``). A queued job is taken off its
+        server (shared with ``sync_waits_and_read_events``). A queued job is taken off its
         queue or pending list; a running one's worker is told to stop it.
         """
         spec = {"task_id": task_id, **self._cancel_spec(server_id, others_here, holder)}
@@ -351,45 +351,39 @@ class JobStore:
         newest = self.redis.xrevrange(keys.EVENTS_STREAM, count=1)
         return newest[0][0].decode() if newest else "0-0"
 
-    def read_events(self, cursor: str, block_ms: int, count: int = 10_000,
-                    waits: "tuple[str, Waits] | None" = None, dispatch: bool = False) -> tuple[str, list[Event]]:
-        """Events after ``cursor``, waiting up to ``block_ms`` for the first one.
+    def read_events(self, cursor: str, block_ms: int, count: int = 10_000) -> tuple[str, list[Event]]:
+        """Events after ``cursor``, waiting up to ``block_ms`` for the first one (one ``XREAD``)."""
+        reply = self.redis.xread({keys.EVENTS_STREAM: cursor}, count=count, block=block_ms or None)
+        return _events_after(cursor, reply)
 
-        In the same round trip, first: ``waits``, (server id, changes) to
-        the tasks that server's connections wait for, which a cancel on any
-        server reads (jobs/lua/cancel.lua), written to an entry that expires
-        ``ttl_s`` after the last write, so a server that dies stops counting;
-        ``dispatch``, feed the RQ queues
-        (``dispatch()``). The dispatch script goes by its hash, as redis-py's
-        own pipelined scripts would after one more round trip to check that
-        Redis has it; when Redis has lost it (a restart), ``dispatch()``
-        loads it again and the read is made anew.
+    def sync_waits_and_read_events(self, cursor: str, block_ms: int, waits: "tuple[str, Waits] | None" = None,
+                                   dispatch: bool = False, count: int = 10_000) -> tuple[str, list[Event]]:
+        """A delivery tick's one round trip: write this server's waits, feed the RQ queues, then ``read_events``.
+
+        ``waits``: (server id, changes) to the tasks that server's connections
+        wait for, which a cancel on any server reads (jobs/lua/cancel.lua),
+        written to an entry that expires ``ttl_s`` after the last write, so a
+        server that dies stops counting. ``dispatch``: run the dispatcher
+        (``dispatch()``) first. All in one pipeline with the read: one round
+        trip per tick. The dispatch script goes by its hash, as redis-py's own
+        pipelined scripts would after one more round trip to check that Redis
+        has it; when Redis has lost it (a restart), ``dispatch()`` loads it
+        again and the round trip is made anew.
         """
-        streams = {keys.EVENTS_STREAM: cursor}
         if waits is None and not dispatch:
-            reply = self.redis.xread(streams, count=count, block=block_ms or None)
-        else:
-            pipe = self.redis.pipeline(transaction=False)
-            if waits is not None:
-                _queue_waits(pipe, *waits)
-            if dispatch:
-                pipe.evalsha(self._dispatch_script.sha, 0, self._dispatch_spec())
-            pipe.xread(streams, count=count, block=block_ms or None)
-            try:
-                reply = pipe.execute()[-1]
-            except NoScriptError:
-                self.dispatch()
-                return self.read_events(cursor, block_ms, count, waits)
-        found = []
-        for _stream, entries in reply or ():
-            for entry_id, fields in entries:
-                cursor = entry_id.decode()
-                state = fields.get(b"state", b"").decode()
-                code = fields.get(b"code", b"").decode()
-                text = fields.get(b"text", b"").decode(errors="replace")
-                found.extend(Event(task_id, state, code, text, events.inline_payload(fields, task_id))
-                             for task_id in events.task_ids_in(fields))
-        return cursor, found
+            return self.read_events(cursor, block_ms, count)
+        pipe = self.redis.pipeline(transaction=False)
+        if waits is not None:
+            _queue_waits(pipe, *waits)
+        if dispatch:
+            pipe.evalsha(self._dispatch_script.sha, 0, self._dispatch_spec())
+        pipe.xread({keys.EVENTS_STREAM: cursor}, count=count, block=block_ms or None)
+        try:
+            reply = pipe.execute()[-1]
+        except NoScriptError:
+            self.dispatch()
+            return self.sync_waits_and_read_events(cursor, block_ms, waits, count=count)
+        return _events_after(cursor, reply)
 
 
 class Waits(NamedTuple):
@@ -436,6 +430,20 @@ def _queue_waits(pipe, server_id: str, waits: Waits) -> None:
             pipe.set(keys.left(task_id), 1, px=grace_ms)  # the latest leave restarts the grace
         pipe.sadd(keys.ABANDON_CANDIDATES, *waits.left)
         pipe.pexpire(keys.ABANDON_CANDIDATES, grace_ms + 60_000)
+
+
+def _events_after(cursor: str, reply) -> tuple[str, list[Event]]:
+    """An ``XREAD`` reply as the new cursor and its events (one per task of each entry)."""
+    found = []
+    for _stream, entries in reply or ():
+        for entry_id, fields in entries:
+            cursor = entry_id.decode()
+            state = fields.get(b"state", b"").decode()
+            code = fields.get(b"code", b"").decode()
+            text = fields.get(b"text", b"").decode(errors="replace")
+            found.extend(Event(task_id, state, code, text, events.inline_payload(fields, task_id))
+                         for task_id in events.task_ids_in(fields))
+    return cursor, found
 
 
 def _cancelled(task_id: str, fields: list) -> JobState:

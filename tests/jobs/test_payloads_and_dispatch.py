@@ -22,7 +22,7 @@ def test_a_read_with_dispatch_moves_a_waiting_job_into_the_room_left(redis_url, 
     assert redis_client.llen("rq:queue:hard") == 1
     taken = redis_client.lpop("rq:queue:hard").decode()  # a worker takes it
 
-    store.read_events("0-0", 0, dispatch=True)
+    store.sync_waits_and_read_events("0-0", 0, dispatch=True)
 
     waiting = (set(a.task_id for a in answers.values()) - {taken}).pop()
     assert redis_client.lrange("rq:queue:hard", 0, -1) == [waiting.encode()]
@@ -35,7 +35,7 @@ def test_it_still_dispatches_and_reads_after_redis_forgot_its_scripts(redis_url,
     append_event(redis_client, ["t" * 32], FINISHED)
     redis_client.script_flush()  # what a Redis restart does to loaded scripts
 
-    _, found = store.read_events("0-0", 0, dispatch=True)
+    _, found = store.sync_waits_and_read_events("0-0", 0, dispatch=True)
     assert [e.task_id for e in found] == ["t" * 32]
     assert redis_client.llen("rq:queue:hard") == 1
 
