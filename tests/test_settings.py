@@ -1,12 +1,14 @@
+import dataclasses
 import ipaddress
 import os
+import re
 import stat
 import threading
 from urllib.parse import urlsplit
 
 import pytest
 
-from settings import ApiKey, Settings, SettingsError, key_digest
+from settings import ROOT, ApiKey, Settings, SettingsError, key_digest
 
 
 def test_defaults_match_the_protocol():
@@ -154,3 +156,10 @@ def test_a_redis_the_user_names_is_used_as_given_and_no_password_is_made(env, tm
     settings = Settings.from_env({**env, "REDIS_PASSWORD_FILE": str(password_file)})
     assert settings.redis_url == env.get("REDIS_URL", Settings.redis_url)
     assert not password_file.exists()
+
+
+def test_the_readmes_table_lists_every_setting_and_no_other():
+    section = (ROOT / "README.md").read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    first_cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    listed = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", " ".join(first_cells)))
+    assert listed == {f.name.upper() for f in dataclasses.fields(Settings)}
