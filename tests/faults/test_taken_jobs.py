@@ -19,8 +19,6 @@ import time
 import pytest
 
 from jobs import keys, lifecycle
-from settings import Settings
-from tests.conftest import WorkerProcess
 from tests.helpers import Client, async_wait_until
 from tests.helpers import child_pids as children
 from tests.helpers import kill_quietly
@@ -34,20 +32,8 @@ TRIES = 20
 
 
 @pytest.fixture
-def settings(redis_url):
-    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2, max_number=RERUN,
-                    hard_timeout_s=60)
-
-
-@pytest.fixture
-def workers():
-    started: list[WorkerProcess] = []
-    yield started
-    for process in started:
-        pids = children(process.process.pid) if process.process.poll() is None else []
-        process.stop()
-        for pid in pids:
-            kill_quietly(pid)
+def settings(make_settings):
+    return make_settings(max_number=RERUN, hard_timeout_s=60)
 
 
 def _worker_name(redis_client, before: set) -> str:
@@ -88,10 +74,9 @@ async def _answers(client: Client, task_ids: set[str], timeout: float) -> dict[s
 
 @pytest.mark.gen_test(timeout=120)
 async def test_the_project_worker_of_both_queues_killed_holding_a_job_it_never_started_loses_nothing(
-        app, ws_url, redis_url, redis_client, workers, tmp_path):
+        app, ws_url, redis_client, make_worker, tmp_path):
     before = {k.decode() for k in redis_client.smembers("rq:workers")}
-    first = WorkerProcess(redis_url, queues=("soft", "hard"), log_path=tmp_path / "first.log").start()
-    workers.append(first)
+    first = make_worker(log_path=tmp_path / "first.log")
     name = _worker_name(redis_client, before)
     client = await Client.connect(ws_url)
     for attempt in range(TRIES):
@@ -126,7 +111,7 @@ async def test_the_project_worker_of_both_queues_killed_holding_a_job_it_never_s
 
     # Started again, as a supervisor would, a second later.
     await async_wait_until(lambda: time.monotonic() - killed >= 1, what="a second")
-    workers.append(WorkerProcess(redis_url, queues=("soft", "hard"), log_path=tmp_path / "second.log").start())
+    make_worker(log_path=tmp_path / "second.log")
     answers = await _answers(client, waiting, 45)
     told_after = time.monotonic() - killed
     log.info("both jobs answered %.2f s after the kill", told_after)
@@ -138,11 +123,10 @@ async def test_the_project_worker_of_both_queues_killed_holding_a_job_it_never_s
 
 @pytest.mark.gen_test(timeout=200)
 async def test_a_stock_worker_killed_mid_job_with_its_horse_has_its_job_run_again_within_120_s(
-        app, ws_url, redis_url, redis_client, workers, tmp_path):
+        app, ws_url, redis_client, make_worker, tmp_path):
     stock = {"RQ_WORKER_CLASS": "rq.worker.Worker"}  # RQ's own, whatever the environment says
     before = {k.decode() for k in redis_client.smembers("rq:workers")}
-    first = WorkerProcess(redis_url, worker_class=None, extra_env=stock, log_path=tmp_path / "first.log").start()
-    workers.append(first)
+    first = make_worker(worker_class=None, env=stock, log_path=tmp_path / "first.log")
     name = _worker_name(redis_client, before)
     client = await Client.connect(ws_url)
     ack = await client.ask({"type": "factorial", "number": RERUN})
@@ -158,8 +142,7 @@ async def test_a_stock_worker_killed_mid_job_with_its_horse_has_its_job_run_agai
     for horse in horses:
         kill_quietly(horse)
     await async_wait_until(lambda: time.monotonic() - killed >= 1, what="a second")
-    workers.append(WorkerProcess(redis_url, worker_class=None, extra_env=stock,
-                                 log_path=tmp_path / "second.log").start())
+    make_worker(worker_class=None, env=stock, log_path=tmp_path / "second.log")
 
     done = await _until_end(client, 120)
     told_after = time.monotonic() - killed
@@ -172,13 +155,11 @@ async def test_a_stock_worker_killed_mid_job_with_its_horse_has_its_job_run_agai
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_a_stock_workers_killed_horse_has_its_job_run_again(app, ws_url, redis_url, redis_client, workers,
-                                                                   tmp_path):
+async def test_a_stock_workers_killed_horse_has_its_job_run_again(app, ws_url, redis_client, make_worker, tmp_path):
     # RQ fails the job ("Work-horse terminated unexpectedly") and runs no failure callback:
     # without the janitor its clients would wait for ever.
     stock = {"RQ_WORKER_CLASS": "rq.worker.Worker"}
-    worker = WorkerProcess(redis_url, worker_class=None, extra_env=stock, log_path=tmp_path / "worker.log").start()
-    workers.append(worker)
+    worker = make_worker(worker_class=None, env=stock, log_path=tmp_path / "worker.log")
     client = await Client.connect(ws_url)
     ack = await client.ask({"type": "factorial", "number": RERUN})
     task_id = ack["task_id"]
