@@ -244,8 +244,9 @@ class Settings:
             name = f.name.upper()
             if name in environ:
                 values[f.name] = _convert(name, environ[name], f.type)
-        if not values.get("redis_url"):
-            values.pop("redis_url", None)  # REDIS_URL= (empty) is unset
+        for name in ("redis_url", "redis_data_dir", "redis_password_file"):
+            if values.get(name) == "":
+                del values[name]  # REDIS_URL= (empty) is unset, and so on
         own_redis = "redis_url" not in values and not values.get("redis_sentinels")
         if "redis_port" in values and not own_redis:
             raise SettingsError("REDIS_PORT is the port of the Procfile's own Redis, used when REDIS_URL and "

@@ -163,3 +163,9 @@ def test_the_readmes_table_lists_every_setting_and_no_other():
     first_cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
     listed = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", " ".join(first_cells)))
     assert listed == {f.name.upper() for f in dataclasses.fields(Settings)}
+
+
+def test_empty_redis_url_and_paths_are_unset(tmp_path):
+    settings = Settings.from_env({"REDIS_URL": "", "REDIS_DATA_DIR": "", "REDIS_PORT": "6391",
+                                  "REDIS_PASSWORD_FILE": str(tmp_path / "redis-password")})
+    assert settings.redis_url.endswith("@127.0.0.1:6391/0") and settings.redis_data_dir == Settings.redis_data_dir
