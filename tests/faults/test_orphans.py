@@ -15,8 +15,6 @@ import time
 import pytest
 from rq import Queue
 
-from settings import Settings
-from tests.conftest import WorkerProcess
 from tests.helpers import Client, async_wait_until
 
 log = logging.getLogger(__name__)
@@ -29,19 +27,9 @@ RESTART_AFTER_S = 3.0
 
 
 @pytest.fixture
-def settings(redis_url):
+def settings(make_settings):
     # The burst comes from 50 clients; here they share one address, so the per-client caps are lifted.
-    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2,
-                    client_max_in_flight=0, client_max_requests_per_s=0)
-
-
-@pytest.fixture
-def workers(redis_url, tmp_path):
-    """The Procfile's soft-only worker, alone, so the whole burst goes through it."""
-    started = [WorkerProcess(redis_url, queues=("soft",), log_path=tmp_path / "soft-worker.log").start()]
-    yield started
-    for worker in started:
-        worker.stop()
+    return make_settings(client_max_in_flight=0, client_max_requests_per_s=0)
 
 
 def _orphans(redis_client) -> int:
@@ -52,8 +40,9 @@ def _orphans(redis_client) -> int:
 
 @pytest.mark.gen_test(timeout=120)
 async def test_a_soft_worker_killed_at_a_burst_loses_no_acknowledged_request(
-        app, ws_url, redis_url, redis_client, workers, tmp_path):
-    soft = workers[0]
+        app, ws_url, redis_client, make_worker, tmp_path):
+    # The Procfile's soft-only worker, alone, so the whole burst goes through it.
+    soft = make_worker(queues=("soft",), log_path=tmp_path / "soft-worker.log")
     clients = [await Client.connect(ws_url) for _ in range(CLIENTS)]
 
     async def burst() -> None:
@@ -94,8 +83,7 @@ async def test_a_soft_worker_killed_at_a_burst_loses_no_acknowledged_request(
 
     readers = asyncio.gather(*(answers_of(client) for client in clients))
     await asyncio.sleep(RESTART_AFTER_S)  # the worker is down this long, as a supervisor would restart it
-    restarted = WorkerProcess(redis_url, queues=("soft",), log_path=tmp_path / "soft-worker-2.log").start()
-    workers.append(restarted)
+    make_worker(queues=("soft",), log_path=tmp_path / "soft-worker-2.log")
     results = await readers
     answered_after = time.monotonic() - killed
 
