@@ -52,11 +52,13 @@ def key_digest(key: str) -> bytes:
 @dataclass(frozen=True)
 class Settings:
     # May hold a password: kept out of repr(), logs show jobs.connection.describe().
-    # Unset (and no Sentinel): the Procfile's own Redis on 127.0.0.1:redis_port,
+    # Unset (and no Sentinel): the Procfile's own Redis on 127.0.0.1:redis_local_port,
     # with the password kept in redis_password_file (from_env() builds that URL).
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     # The port of the Procfile's own Redis, used only while REDIS_URL is unset.
-    redis_port: int = 6379
+    # Not REDIS_PORT: Kubernetes and Docker links set that (to tcp://host:port)
+    # for a service named redis.
+    redis_local_port: int = 6379
     # The generated password of the Procfile's own Redis (REDIS_URL unset): made
     # on first start, mode 0600, and read by every process.
     redis_password_file: str = str(ROOT / "var" / "secrets" / "redis-password")
@@ -213,8 +215,8 @@ class Settings:
         if self.api_keys_required and not self.api_keys:
             raise SettingsError("API_KEYS_REQUIRED is set but API_KEYS lists no key")
         self._parsed("allowed_origins", frozenset(_origin(entry) for entry in self.allowed_origins))
-        if not 1 <= self.redis_port <= 65535:
-            raise SettingsError(f"REDIS_PORT={self.redis_port} is not a port (1 to 65535)")
+        if not 1 <= self.redis_local_port <= 65535:
+            raise SettingsError(f"REDIS_LOCAL_PORT={self.redis_local_port} is not a port (1 to 65535)")
         if not 0 < self.rq_dashboard_port <= 65535:
             raise SettingsError(f"RQ_DASHBOARD_PORT={self.rq_dashboard_port} is not a port (1 to 65535)")
         if bool(self.rq_dashboard_username) != bool(self.rq_dashboard_password):
@@ -235,7 +237,7 @@ class Settings:
         """Build settings from environment variables named like the fields, upper-cased.
 
         Without REDIS_URL (and without Sentinel), the URL is the Procfile's own
-        Redis on 127.0.0.1:REDIS_PORT with the password of REDIS_PASSWORD_FILE,
+        Redis on 127.0.0.1:REDIS_LOCAL_PORT with the password of REDIS_PASSWORD_FILE,
         made there on first use. A REDIS_URL that is set is used as given.
         """
         environ = os.environ if environ is None else environ
@@ -248,13 +250,14 @@ class Settings:
             if values.get(name) == "":
                 del values[name]  # REDIS_URL= (empty) is unset, and so on
         own_redis = "redis_url" not in values and not values.get("redis_sentinels")
-        if "redis_port" in values and not own_redis:
-            raise SettingsError("REDIS_PORT is the port of the Procfile's own Redis, used when REDIS_URL and "
-                                "REDIS_SENTINELS are unset: with REDIS_URL, give the port in the URL")
+        if "redis_local_port" in values and not own_redis:
+            raise SettingsError("REDIS_LOCAL_PORT is the port of the Procfile's own Redis, used when REDIS_URL "
+                                "and REDIS_SENTINELS are unset: with REDIS_URL, give the port in the URL")
         if own_redis:
             password_file = values.get("redis_password_file", cls.redis_password_file)
             password = quote(local_redis_password(Path(password_file)), safe="")
-            values["redis_url"] = f"redis://:{password}@127.0.0.1:{values.get('redis_port', cls.redis_port)}/0"
+            port = values.get("redis_local_port", cls.redis_local_port)
+            values["redis_url"] = f"redis://:{password}@127.0.0.1:{port}/0"
         return cls(**values)
 
     @property

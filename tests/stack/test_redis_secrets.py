@@ -28,7 +28,7 @@ needs_tls_redis = pytest.mark.skipif(not (os.path.exists(REDIS_7) and shutil.whi
 
 
 def test_the_generated_password_is_in_no_repr_and_no_description(tmp_path):
-    settings = Settings.from_env({"REDIS_PASSWORD_FILE": str(tmp_path / "redis-password"), "REDIS_PORT": "6390"})
+    settings = Settings.from_env({"REDIS_PASSWORD_FILE": str(tmp_path / "redis-password"), "REDIS_LOCAL_PORT": "6390"})
     password = (tmp_path / "redis-password").read_text().strip()
     assert password in settings.redis_url  # it is used...
     assert password not in repr(settings) and password not in describe(settings)  # ...and shown nowhere
