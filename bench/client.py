@@ -12,6 +12,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
 from jobs.factorial import factorial_digits
+from jobs.rq_schema import SERIALIZER
 
 # Big enough for 1,000,000! (5.6 MB) in one message.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -112,7 +113,7 @@ def rq_direct(redis, numbers: list[int], concurrency: int, poll_s: float = 0.000
     Returns (wall seconds, per-job latencies). The client is one thread
     with pipelined enqueues and status polls, the cheapest client RQ allows.
     """
-    queue = Queue("soft", connection=redis)
+    queue = Queue("soft", connection=redis, serializer=SERIALIZER)
     pending = list(numbers)
     in_flight: dict[str, float] = {}
     latencies: list[float] = []

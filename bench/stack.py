@@ -16,6 +16,7 @@ from pathlib import Path
 from redis import Redis
 
 from jobs.routing import QUEUES
+from jobs.rq_schema import SERIALIZER_PATH
 from stack.procs import free_port, free_ports, stop_process, wait_until
 from stack.redis import server_command
 
@@ -96,7 +97,8 @@ class Stack:
             before = set(client.smembers("rq:workers"))
             served = queues or (QUEUES if count == 1 else (QUEUES[i % len(QUEUES)],))
             command = [sys.executable, "-m", "rq.cli", "worker", *served,
-                       "--worker-class", worker_class, "--url", self.redis_url, *self.worker_args]
+                       "--worker-class", worker_class, "--url", self.redis_url, "--serializer", SERIALIZER_PATH,
+                       *self.worker_args]
             process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_for(lambda: set(client.smembers("rq:workers")) - before or process.poll() is not None,

@@ -140,10 +140,10 @@ class Janitor:
     """One process's share of orphan recovery; ``run_once`` raises Redis's connection errors."""
 
     def __init__(self, redis: Redis, queue_names=QUEUES, settings: Settings | None = None):
-        # ``redis`` must not decode responses (RQ's job hashes hold pickles).
+        # ``redis`` must not decode responses (RQ's job hashes hold zlib-compressed data).
         self.redis = redis
         self.settings = settings or Settings.from_env()
-        self.queues = [Queue(name, connection=redis) for name in queue_names]
+        self.queues = [Queue(name, connection=redis, serializer=rq_schema.SERIALIZER) for name in queue_names]
         self.lifecycle = lifecycle.of(redis)
         self._forget_worker = redis.register_script(_FORGET_WORKER)
         self._token = uuid.uuid4().hex

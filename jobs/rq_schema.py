@@ -14,6 +14,15 @@ from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import DeferredJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+# How every job's data, meta and result are stored: JSON, never pickles, so
+# that whoever can write to Redis cannot make a process that reads a job run
+# code by unpickling it. Every Queue and Job the service makes, LaneWorker and
+# rq-dashboard (``--json``) use this one; RQ's command line names it by
+# SERIALIZER_PATH (``rq worker --serializer jobs.rq_schema.SERIALIZER``).
+SERIALIZER = JSONSerializer
+SERIALIZER_PATH = "jobs.rq_schema.SERIALIZER"
 
 # Prefix of a job's hash (``rq:job:<id>``).
 JOB_PREFIX = Job.redis_job_namespace_prefix

@@ -54,7 +54,7 @@ class JobStore:
         # ``redis`` must not decode responses: payloads stay bytes end to end.
         self.redis = redis
         self.settings = settings
-        self.queues = {name: Queue(name, connection=redis) for name in QUEUES}
+        self.queues = {name: Queue(name, connection=redis, serializer=rq_schema.SERIALIZER) for name in QUEUES}
         self._submit_script = scripts.load(redis, "lifecycle", "dispatch_lib", "submit")
         self._dispatch_script = scripts.load(redis, "lifecycle", "dispatch_lib", "dispatch")
         self._cancel_script = scripts.load(redis, "lifecycle", "dispatch_lib", "cancel_lib", "cancel")

@@ -46,9 +46,10 @@ from rq.exceptions import DequeueTimeout, NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
+from rq.serializers import resolve_serializer
 from rq.worker import SimpleWorker, Worker, WorkerStatus
 
-from jobs import events, lifecycle
+from jobs import events, lifecycle, rq_schema, runnable
 from jobs.janitor import Janitor
 from jobs.lifecycle import RunLost
 from jobs.liveness import Heartbeat
@@ -91,6 +92,25 @@ class LaneWorker(Worker):
     _job_began = 0.0
     _settled_job_id: str | None = None
     _last_outage = -1.0
+
+    def __init__(self, queues, *args, serializer=None, **kwargs):
+        """RQ's worker, reading and writing jobs with the service's serializer (JSON) whatever it is given.
+
+        ``rq worker`` passes RQ's default (pickle) unless told ``--serializer``,
+        and the project's ``.env`` can name the worker class but not the
+        serializer: a pickle read from Redis would run code as this process.
+        """
+        given = resolve_serializer(serializer)
+        super().__init__(queues, *args, serializer=rq_schema.SERIALIZER, **kwargs)
+        if serializer is not None and given is not rq_schema.SERIALIZER:
+            self.log.info("Worker %s: jobs are read as JSON (%s), not with %s", self.name,
+                          rq_schema.SERIALIZER_PATH, getattr(given, "__qualname__", given))
+        # Queues made by the caller (``rq worker`` makes them with its --serializer): the same, in JSON.
+        self.queues = [q if q.serializer is rq_schema.SERIALIZER else
+                       self.queue_class(q.name, connection=q.connection, job_class=self.job_class,
+                                        serializer=rq_schema.SERIALIZER, death_penalty_class=self.death_penalty_class)
+                       for q in self.queues]
+        self._ordered_queues = self.queues[:]
 
     # --- alive key ---------------------------------------------------------------
 
@@ -373,8 +393,13 @@ class LaneWorker(Worker):
 
         Replaces RQ's own ``execute_job`` (prepare, run, set idle) to claim
         the job between the first two: a job cancelled while it was queued,
-        or claimed by another run, is not run at all.
+        or claimed by another run, is not run at all; nor is a job that is not
+        one of the service's (jobs/runnable.py).
         """
+        why = runnable.refusal(job)
+        if why:
+            self._refuse(job, queue, why)
+            return
         self._job_began = time.monotonic()
         self._settled_job_id = None
         execution = None
@@ -410,6 +435,32 @@ class LaneWorker(Worker):
         if self._outage_during_job() and self._settled_job_id != job.id:
             # Its end may not have reached Redis (RQ logs a failed write and goes on).
             self.settle_interrupted(job, queue, execution)
+
+    def _refuse(self, job: Job, queue: Queue, why: str) -> None:
+        """Fail a job this worker must not run, through the lifecycle, importing and running nothing it names.
+
+        RQ's failure handling then records it as failed (its registry, for
+        rq-dashboard) with the service's failure TTL, no retry and no webhook,
+        whatever the job's hash asks for.
+        """
+        self.log.warning("Job %s refused, not run: %s", job.id, why)
+        text = f"the job was refused by its worker: {why}"
+        job.webhooks, job.retries_left, job.failure_ttl = [], None, self.settings.failure_ttl_s
+        try:
+            execution = self.prepare_execution(job)
+            if self.lifecycle.start(job.id, execution.id, [], publish=False, worker=self.name):
+                self.lifecycle.fail(job.id, execution.id, [job.id], ErrorCode.JOB_FAILED.value, text,
+                                    self.settings.failure_ttl_s)
+                self.handle_job_failure(job, queue, exc_string=text, execution=execution)
+            else:  # cancelled meanwhile, or another run's: nothing to fail
+                with self.connection.pipeline() as pipe:
+                    self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                    pipe.execute()
+        except OUTAGE_ERRORS as exc:
+            # Left where the janitor finds it (taken list, or a run with no lease): refused again then.
+            self._last_outage = time.monotonic()
+            self.log.warning("Redis unreachable while refusing job %s (%s)", job.id, exc)
+        self.set_state(WorkerStatus.IDLE)
 
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
         # A soft job runs in this process: there is no horse, and RQ's

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from jobs.rq_schema import SERIALIZER_PATH
 from server import make_app
 from settings import Settings
 from stack.redis import server_command
@@ -66,7 +67,9 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         before = set(_worker_keys(self.redis_url))
-        command = [sys.executable, "-m", "rq.cli", "worker", *self.queues, "--url", self.redis_url]
+        # As the Procfile runs it: jobs are JSON (jobs.rq_schema), for RQ's own worker too.
+        command = [sys.executable, "-m", "rq.cli", "worker", *self.queues, "--url", self.redis_url,
+                   "--serializer", SERIALIZER_PATH]
         if self.worker_class:
             command += ["--worker-class", self.worker_class]
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.extra_env}

@@ -12,6 +12,7 @@ from rq.job import Job
 from jobs import janitor, keys, lifecycle
 from jobs.janitor import Janitor
 from jobs.lifecycle import RunLost
+from jobs.rq_schema import SERIALIZER
 from jobs.states import FAILED, QUEUED
 from jobs.store import JobStore
 from settings import Settings
@@ -49,13 +50,13 @@ def run(sweeper: Janitor) -> janitor.Recovery:
 
 def take(redis_client, queue_name: str) -> str:
     """What RQ's one-queue worker does when it takes a job: move it to the intermediate list."""
-    queue = Queue(queue_name, connection=redis_client)
+    queue = Queue(queue_name, connection=redis_client, serializer=SERIALIZER)
     return redis_client.lmove(queue.key, queue.intermediate_queue_key).decode()
 
 
 def start(redis_client, job_id: str, worker: str, beating: bool = True, alive: bool = True) -> Execution:
     """What a worker and its horse write when a job starts (RQ's calls), for a worker that beats or not."""
-    job = Job.fetch(job_id, connection=redis_client)
+    job = Job.fetch(job_id, connection=redis_client, serializer=SERIALIZER)
     with redis_client.pipeline() as pipe:
         execution = Execution.create(job, 60, pipeline=pipe, worker_name=worker)
         job.prepare_for_execution(worker, pipeline=pipe)
@@ -125,7 +126,7 @@ def test_a_job_whose_every_run_is_lost_fails_once_after_the_last(store, redis_cl
 def test_a_job_registered_by_a_worker_that_died_before_its_horse_started_it_is_requeued(store, redis_client):
     task_id = store.submit([3001])[3001].task_id
     take(redis_client, "hard")
-    job = Job.fetch(task_id, connection=redis_client)
+    job = Job.fetch(task_id, connection=redis_client, serializer=SERIALIZER)
     with redis_client.pipeline() as pipe:  # the worker's part only: the horse never ran
         Execution.create(job, 60, pipeline=pipe, worker_name=DEAD)
         pipe.sadd(keys.BEATING_WORKERS, DEAD)

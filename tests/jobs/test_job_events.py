@@ -5,6 +5,7 @@ from rq import Queue, SimpleWorker
 
 from jobs import events, keys
 from jobs.routing import QUEUES
+from jobs.rq_schema import SERIALIZER
 from jobs.store import JobStore
 from settings import Settings
 
@@ -14,7 +15,8 @@ def test_each_job_appends_one_finished_entry_naming_all_its_tasks(redis_url):
     store = JobStore(redis, Settings(redis_url=redis_url, soft_batch_size=50))
     cursor = store.events_cursor()
     answers = store.submit([3, 4, 5, 5000])
-    SimpleWorker([Queue(name, connection=redis) for name in QUEUES], connection=redis).work(burst=True)
+    SimpleWorker([Queue(name, connection=redis, serializer=SERIALIZER) for name in QUEUES], connection=redis,
+                 serializer=SERIALIZER).work(burst=True)
 
     # This test's entries only: a work horse of an earlier test, killed with
     # its worker, may still end its job in the shared Redis.

@@ -102,6 +102,38 @@ def test_the_rq_code_paths_the_overrides_rely_on_still_call_them():
     assert "worker.kill_horse()" in inspect.getsource(handle_stop_job_command)
 
 
+def test_what_the_json_only_worker_relies_on_in_rq():
+    """LaneWorker.__init__ and jobs/runnable.py: no pickle read, nothing a job names imported before it is allowed."""
+    from rq.cli import main as rq_command
+    from rq.exceptions import DeserializationError
+    from rq.serializers import DefaultSerializer, resolve_serializer
+
+    # Worker(queues, ..., serializer=...) builds its queues with the queue class, given the serializer.
+    assert "serializer" in inspect.signature(Worker.__init__).parameters
+    assert "serializer=self.serializer" in inspect.getsource(Worker.__init__)
+    assert {"name", "connection", "job_class", "serializer", "death_penalty_class"} <= set(
+        inspect.signature(Queue.__init__).parameters)
+    # `rq worker --serializer` takes a dotted path; without it, RQ reads pickles.
+    [option] = [p for p in rq_command.commands["worker"].params if "--serializer" in p.opts]
+    assert option.envvar is None  # no variable for it: the .env file cannot set it, so LaneWorker does
+    assert resolve_serializer(rq_schema.SERIALIZER_PATH) is rq_schema.SERIALIZER
+    assert resolve_serializer(None) is DefaultSerializer
+    # A job's data is read only when asked for (fetching it runs nothing), and unreadable data
+    # is a DeserializationError; the callback names come out of to_dict as stored, unimported.
+    job = Job(connection=_NoRedis(), serializer=rq_schema.SERIALIZER)
+    job.data = b"\x80\x05not json"
+    with pytest.raises(DeserializationError):
+        job.func_name
+    assert "self.data = " in inspect.getsource(Job.restore) and "loads(self.data)" not in inspect.getsource(
+        Job.restore)
+    mapping = Job.create("jobs.factorial.factorial", args=(5,), connection=_NoRedis(),
+                         on_failure=rq.Callback("jobs.events.on_failure")).to_dict(include_meta=False)
+    assert mapping["failure_callback_name"] == "jobs.events.on_failure"
+    assert mapping["success_callback_name"] == mapping["stopped_callback_name"] == ""
+    # A job's function is imported only by Job.func, which perform() calls: after LaneWorker's check.
+    assert "import_attribute(func_name)" in inspect.getsource(Job.func.fget)
+
+
 def test_a_soft_worker_with_no_horse_does_not_kill_its_own_process_group(redis_client):
     worker = LaneWorker(["soft"], connection=redis_client)
     assert not worker.horse_pid

@@ -20,6 +20,7 @@ from rq.job import Job
 from rq.worker import Worker
 
 from jobs import janitor, keys, lifecycle
+from jobs.rq_schema import SERIALIZER
 from jobs.worker import WAIT_SLICE_S, LaneWorker
 from tests.helpers import wait_until
 from tests.jobs.test_janitor import run, store, trusted_janitor  # noqa: F401 - store is a fixture
@@ -66,7 +67,7 @@ def test_take_moves_the_first_job_of_the_first_non_empty_queue_into_the_workers_
 def test_registering_the_run_moves_the_job_from_the_taken_list_to_the_started_registry_at_once(
         store, redis_client):
     task_id = store.submit([3001])[3001].task_id
-    worker = LaneWorker([Queue("soft", connection=redis_client), Queue("hard", connection=redis_client)],
+    worker = LaneWorker([Queue(name, connection=redis_client, serializer=SERIALIZER) for name in ("soft", "hard")],
                         connection=redis_client)
     job, queue = worker._take(timeout=None)
     assert (job.id, queue.name) == (task_id, "hard") and taken(redis_client, worker.name) == [task_id]
@@ -77,7 +78,7 @@ def test_registering_the_run_moves_the_job_from_the_taken_list_to_the_started_re
 
 def test_a_burst_worker_of_two_queues_runs_every_job_and_holds_none(store, redis_client):
     ids = [store.submit([n])[n].task_id for n in (7, 8, 2000, 2001)]
-    worker = LaneWorker([Queue("soft", connection=redis_client), Queue("hard", connection=redis_client)],
+    worker = LaneWorker([Queue(name, connection=redis_client, serializer=SERIALIZER) for name in ("soft", "hard")],
                         connection=redis_client)
     worker.work(burst=True, logging_level="WARNING")
     assert {task_id: store.states([task_id])[task_id].status for task_id in ids} == dict.fromkeys(ids, "finished")
@@ -86,7 +87,7 @@ def test_a_burst_worker_of_two_queues_runs_every_job_and_holds_none(store, redis
 
 def test_a_waiting_worker_of_two_queues_takes_a_job_of_its_first_queue_at_once_and_of_the_other_within_a_slice(
         store, redis_client):
-    worker = LaneWorker([Queue("soft", connection=redis_client), Queue("hard", connection=redis_client)],
+    worker = LaneWorker([Queue(name, connection=redis_client, serializer=SERIALIZER) for name in ("soft", "hard")],
                         connection=redis_client)
     for number in (9, 2002):
         got: dict = {}
@@ -161,7 +162,7 @@ def test_a_taken_job_is_put_back_once_however_many_janitors_try(store, redis_cli
 def stock_start(redis_client, job_id: str, worker: str, lease_s: int) -> Execution:
     """What a stock worker and its horse write when a job starts: RQ's execution (its lease) and
     the job function's own claim of a run (jobs/factorial.py ``_own_run``)."""
-    job = Job.fetch(job_id, connection=redis_client)
+    job = Job.fetch(job_id, connection=redis_client, serializer=SERIALIZER)
     redis_client.lmove(f"rq:queue:{job.origin}", f"rq:queue:{job.origin}:intermediate")
     with redis_client.pipeline() as pipe:
         execution = Execution.create(job, lease_s, pipeline=pipe, worker_name=worker)
@@ -204,7 +205,8 @@ def test_a_live_stock_workers_run_is_left_alone_and_so_is_a_job_the_service_did_
     task_id = store.submit([5002])[5002].task_id
     register_stock_worker(redis_client, "stock-c")
     stock_start(redis_client, task_id, "stock-c", lease_s=60)
-    foreign = Queue("hard", connection=redis_client).enqueue("jobs.factorial.factorial_digits", 5)
+    foreign = Queue("hard", connection=redis_client, serializer=SERIALIZER).enqueue(
+        "jobs.factorial.factorial_digits", 5)
     redis_client.lrem("rq:queue:hard", 0, foreign.id)
     with redis_client.pipeline() as pipe:  # a stock worker died running a job of RQ's own
         Execution.create(foreign, 1, pipeline=pipe, worker_name="stock-gone")
@@ -222,14 +224,14 @@ def test_a_live_stock_workers_run_is_left_alone_and_so_is_a_job_the_service_did_
 
 def rq_failed(redis_client, job_id: str, worker: str, ran_s: float) -> None:
     """What a stock worker writes when its horse dies: RQ's failure of the job (no callback ran)."""
-    job = Job.fetch(job_id, connection=redis_client)
+    job = Job.fetch(job_id, connection=redis_client, serializer=SERIALIZER)
     job.started_at = datetime.now(timezone.utc) - timedelta(seconds=ran_s)
     job.ended_at = datetime.now(timezone.utc)
     with redis_client.pipeline() as pipe:
         job.save(pipeline=pipe)
         job.set_status("failed", pipeline=pipe)
-        Queue(job.origin, connection=redis_client).failed_job_registry.add(job, ttl=600, pipeline=pipe,
-                                                                           exc_string="Work-horse terminated")
+        Queue(job.origin, connection=redis_client, serializer=SERIALIZER).failed_job_registry.add(
+            job, ttl=600, pipeline=pipe, exc_string="Work-horse terminated")
         pipe.execute()
 
 

@@ -18,6 +18,7 @@ from rq.defaults import DEFAULT_WORKER_TTL
 from rq.suspension import resume, suspend
 from rq.worker import SimpleWorker
 
+from jobs.rq_schema import SERIALIZER
 from jobs.worker import LaneWorker
 from tests.conftest import WorkerProcess, wait_until
 
@@ -34,12 +35,13 @@ class CountingConnection(Connection):
 
 def round_trips_per_job(worker_class, redis_url: str, redis_client: Redis) -> float:
     redis_client.flushdb()
-    queue = Queue("soft", connection=redis_client)
+    queue = Queue("soft", connection=redis_client, serializer=SERIALIZER)
     for n in range(JOBS):
         queue.enqueue("jobs.factorial.factorial", 5 + n)
     counted = Redis(connection_pool=ConnectionPool.from_url(redis_url, connection_class=CountingConnection))
     CountingConnection.sent = 0
-    worker = worker_class([Queue("soft", connection=counted)], connection=counted)
+    worker = worker_class([Queue("soft", connection=counted, serializer=SERIALIZER)], connection=counted,
+                          serializer=SERIALIZER)
     worker.work(burst=True, logging_level="WARNING")
     assert queue.finished_job_registry.count == JOBS
     return CountingConnection.sent / JOBS
@@ -59,7 +61,7 @@ def test_after_a_soft_job_the_idle_worker_key_lives_for_the_full_worker_ttl(redi
     worker = WorkerProcess(redis_url, queues=("soft",)).start()
     try:
         key = next(iter(redis_client.smembers("rq:workers")))
-        job = Queue("soft", connection=redis_client).enqueue("jobs.factorial.factorial", 5)
+        job = Queue("soft", connection=redis_client, serializer=SERIALIZER).enqueue("jobs.factorial.factorial", 5)
         wait_until(lambda: job.get_status(refresh=True) == "finished", timeout=10, what="the job to finish")
         wait_until(lambda: redis_client.hget(key, "state") == b"idle", timeout=10, what="the worker to be idle")
         assert redis_client.ttl(key) > DEFAULT_WORKER_TTL
@@ -70,7 +72,7 @@ def test_after_a_soft_job_the_idle_worker_key_lives_for_the_full_worker_ttl(redi
 def test_a_suspended_worker_takes_no_job_until_resumed(redis_url, redis_client):
     worker = WorkerProcess(redis_url, queues=("soft",)).start()
     try:
-        queue = Queue("soft", connection=redis_client)
+        queue = Queue("soft", connection=redis_client, serializer=SERIALIZER)
         first = queue.enqueue("jobs.factorial.factorial", 5)
         wait_until(lambda: first.get_status(refresh=True) == "finished", timeout=10, what="the first job")
         time.sleep(1.2)  # past the worker's once-a-second look, as a worker idle for a while is
