@@ -37,7 +37,7 @@ def command(settings: Settings) -> list[str]:
     # Credentials travel in the environment and the config module, not on the
     # command line, where any local user could read them in the process list.
     return ["rq-dashboard", "--bind", bind, "--port", str(settings.rq_dashboard_port),
-            "--config", "stack.dashboard_config"]
+            "--config", "stack.dashboard_config", "--json"]  # jobs are JSON (jobs.rq_schema.SERIALIZER)
 
 
 def login(settings: Settings) -> dict[str, str]:

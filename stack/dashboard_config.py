@@ -11,6 +11,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from jobs.connection import client_options, sentinel_list, url_with_ca
 from settings import Settings
+from stack.dashboard_json import read_jobs_as_json
+
+# rq-dashboard imports this module before it serves: from then on the process reads no pickle.
+read_jobs_as_json()
 
 _settings = Settings.from_env()
 _client = client_options(_settings)

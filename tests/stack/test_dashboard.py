@@ -2,16 +2,20 @@
 
 import json
 import os
+import pickle
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import pytest
 
+from jobs import rq_schema
 from jobs.store import JobStore
 from settings import Settings
 from tests.conftest import ROOT
 from tests.helpers import free_port, stop_process, wait_until
+from tests.jobs.test_foreign_jobs import TouchOnUnpickling
 
 
 def procfile_command(name: str) -> str:
@@ -80,3 +84,50 @@ def test_the_dashboard_counts_every_job_waiting_for_its_turn_as_the_service_does
     assert store.cancel(first, "server-1", others_here=False) == "stopped"
     hard = {q["name"]: q for q in fetch_json(dashboard + "/0/data/queues.json")["queues"]}["hard"]
     assert hard["count"] + hard["deferred_job_registry_count"] == store.jobs_waiting()["hard"] == 64
+
+
+def fetch_status(url) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_the_dashboard_reads_jobs_as_json_and_unpickles_nothing(redis_url, redis_client, dashboard, tmp_path):
+    """Jobs are JSON (jobs.rq_schema.SERIALIZER): the dashboard shows the service's, and opening a job whose
+    meta is a pickle (written by anyone who can write to Redis) runs nothing (stack/dashboard_json.py)."""
+    store = JobStore(redis_client, Settings(redis_url=redis_url))
+    task_id = store.submit([5000])[5000].task_id
+    shown = fetch_json(f"{dashboard}/0/data/job/{task_id}.json")
+    assert shown["description"] == "factorial(5000)" and shown["origin"] == "hard", shown
+
+    marker = tmp_path / "unpickled"
+    redis_client.hset(rq_schema.JOB_PREFIX + task_id, "meta", pickle.dumps(TouchOnUnpickling(marker)))
+    # rq-dashboard's job page and its requeue fetch the job with RQ's default serializer, not --json's.
+    assert fetch_status(f"{dashboard}/0/view/job/{task_id}") == 200
+    fetch_status(f"{dashboard}/0/data/job/{task_id}.json")  # an error page: JSON cannot show the raw meta
+    request = urllib.request.Request(f"{dashboard}/job/{task_id}/requeue", method="POST")
+    fetch_status(request)
+    assert not marker.exists()
+
+
+def test_the_dashboards_default_serializer_is_the_one_its_config_module_makes_json(redis_url):
+    """stack/dashboard_json.py changes RQ's default serializer class in the dashboard's process: this fails
+    if rq-dashboard or RQ stop using that class, or if its pickle still loads."""
+    check = (
+        "import pickle, rq_dashboard.web as web\n"
+        "from rq.serializers import DefaultSerializer, resolve_serializer\n"
+        "assert web.Config.serializer is DefaultSerializer is resolve_serializer(None)\n"
+        "import stack.dashboard_config\n"
+        "from jobs.rq_schema import SERIALIZER\n"
+        "assert resolve_serializer(None).loads(SERIALIZER.dumps([1])) == [1]\n"
+        "assert resolve_serializer(None).dumps({'a': 1}) == SERIALIZER.dumps({'a': 1})\n"
+        "try:\n"
+        "    resolve_serializer(None).loads(pickle.dumps(object))\n"
+        "except ValueError:\n"
+        "    print('refused')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and done.stdout.strip() == "refused", done.stderr
