@@ -10,6 +10,7 @@ limit cannot reach it; these tests give it a limit of a second or two.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -18,8 +19,7 @@ import time
 import pytest
 
 from settings import Settings
-from tests.conftest import WorkerProcess
-from tests.helpers import Client, async_wait_until, wait_until
+from tests.helpers import Client, async_wait_until
 from tests.helpers import child_pids as children
 from tests.helpers import kill_quietly as _kill
 
@@ -34,19 +34,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def settings(redis_url, request):
-    hard_timeout_s = getattr(request, "param", 1)
-    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2,
-                    max_number=BIG, hard_timeout_s=hard_timeout_s)
+def settings(make_settings, request):
+    return make_settings(max_number=BIG, hard_timeout_s=getattr(request, "param", 1))
 
 
 @pytest.fixture
-def lane_worker(redis_url):
-    process = WorkerProcess(redis_url).start()
-    yield process
-    process.stop()
-    for pid in children(process.process.pid):
-        _kill(pid)
+def lane_worker(make_worker):
+    return make_worker()  # stopped, with any horse it left, by make_worker
 
 
 async def _until_end(client: Client, timeout: float) -> dict:
@@ -74,7 +68,9 @@ async def test_a_hard_job_past_its_time_limit_reaches_its_client_as_timeout(ws_u
     told_after = time.monotonic() - started
     log.info("20000000! with a 1 s limit: client told after %.2f s", told_after)
     assert error == {"type": "error", "code": "timeout", "result": "Timeout error", "task_id": ack["task_id"]}
-    assert told_after < 1 + 2
+    # The limit (1 s) and slack for a loaded machine: the contract is the limit, this bound only says
+    # "not the 5 s the work would take".
+    assert told_after < 1 + 3
     # The horse is gone and the worker takes the next job at once.
     assert not children(lane_worker.process.pid)
     freed = time.monotonic()
@@ -104,7 +100,7 @@ async def test_a_killed_work_horse_runs_its_job_again(settings, ws_url, lane_wor
     client = await Client.connect(ws_url)
     ack = await client.ask({"type": "factorial", "number": PAUSED})
     await _started(client)
-    horse = wait_until(lambda: children(lane_worker.process.pid), timeout=5, what="the work horse")[0]
+    horse = (await async_wait_until(lambda: children(lane_worker.process.pid), timeout=5, what="the work horse"))[0]
     killed = time.monotonic()
     os.kill(horse, signal.SIGKILL)
     done = await _only_answer(client, ack, 15)
@@ -123,8 +119,8 @@ async def test_a_horse_killed_at_every_run_fails_once_after_its_last_run(setting
     ack = await client.ask({"type": "factorial", "number": PAUSED})
     killed: set[int] = set()
     for _ in range(attempts):
-        horse = wait_until(lambda: [p for p in children(lane_worker.process.pid) if p not in killed],
-                           timeout=10, what="a new work horse")[0]
+        horse = (await async_wait_until(lambda: [p for p in children(lane_worker.process.pid) if p not in killed],
+                                        timeout=10, what="a new work horse"))[0]
         os.kill(horse, signal.SIGKILL)
         killed.add(horse)
     error = await _only_answer(client, ack, 15)
@@ -136,12 +132,12 @@ async def test_a_horse_killed_at_every_run_fails_once_after_its_last_run(setting
 @pytest.mark.gen_test(timeout=90)
 @pytest.mark.parametrize("settings", [60], indirect=True)
 async def test_a_killed_worker_s_job_runs_again_on_the_next_worker(
-        settings, app, ws_url, redis_url, lane_worker, redis_client):
+        settings, app, ws_url, make_worker, lane_worker, redis_client):
     client = await Client.connect(ws_url)
     ack = await client.ask({"type": "factorial", "number": RERUN})
     await _started(client)
     # The whole machine dies: the worker first (so it cannot report), then its horse.
-    horses = wait_until(lambda: children(lane_worker.process.pid), timeout=5, what="the work horse")
+    horses = await async_wait_until(lambda: children(lane_worker.process.pid), timeout=5, what="the work horse")
     lane_worker.process.send_signal(signal.SIGKILL)
     killed = time.monotonic()
     lane_worker.process.wait()
@@ -152,26 +148,17 @@ async def test_a_killed_worker_s_job_runs_again_on_the_next_worker(
     queued = await other.ask({"type": "factorial", "number": 4000})
     assert queued["status"] == "queued"
 
-    replacement_started = False
-    replacement = None
-    try:
-        # Restarted a second later, as a supervisor would.
-        await async_wait_until(lambda: time.monotonic() - killed >= 1, what="a second")
-        replacement = WorkerProcess(redis_url).start()
-        replacement_started = True
-        done = await _only_answer(client, ack, 15)
-        told_after = time.monotonic() - killed
-        log.info("whole worker SIGKILLed during %d!: success %.2f s after the kill", RERUN, told_after)
-        assert done["type"] == "success" and done["task_id"] == ack["task_id"]
-        assert told_after < 15
-        assert redis_client.zcard("rq:wip:hard") == 0
-        other_done = await _until_end(other, 20)
-        assert other_done["type"] == "success" and other_done["task_id"] == queued["task_id"]
-    finally:
-        if replacement_started:
-            replacement.stop()
-            for pid in children(replacement.process.pid):
-                _kill(pid)
+    # Restarted a second after the kill, as a supervisor would.
+    await asyncio.sleep(max(killed + 1 - time.monotonic(), 0))  # a duration: the supervisor's restart delay
+    make_worker()
+    done = await _only_answer(client, ack, 15)
+    told_after = time.monotonic() - killed
+    log.info("whole worker SIGKILLed during %d!: success %.2f s after the kill", RERUN, told_after)
+    assert done["type"] == "success" and done["task_id"] == ack["task_id"]
+    assert told_after < 15
+    assert redis_client.zcard("rq:wip:hard") == 0
+    other_done = await _until_end(other, 20)
+    assert other_done["type"] == "success" and other_done["task_id"] == queued["task_id"]
 
 
 @pytest.mark.gen_test(timeout=90)
@@ -182,13 +169,13 @@ async def test_a_paused_worker_s_job_is_answered_once_when_it_resumes(settings, 
     await _started(client)
     # The whole worker pauses (a frozen container or VM): its main process and its horse,
     # for longer than its lease: the janitor (run by the server) puts its job back.
-    horses = wait_until(lambda: children(lane_worker.process.pid), timeout=5, what="the work horse")
+    horses = await async_wait_until(lambda: children(lane_worker.process.pid), timeout=5, what="the work horse")
     paused = [lane_worker.process.pid, *horses]
     for pid in paused:
         os.kill(pid, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
-        await async_wait_until(lambda: time.monotonic() - stopped >= 12, timeout=15, what="12 s of pause")
+        await asyncio.sleep(12)  # the pause's length (past the 5 s lease): a duration, not a wait
         # Usually the janitor has put the job back by now (its lease is 5 s);
         # on a starved host it may not have, and the paused run then ends it.
         requeued = redis_client.hget(f"rq:job:{ack['task_id']}", "factorial_state") == b"queued"

@@ -8,7 +8,6 @@ import pytest
 from redis import Redis
 
 from jobs.factorial import factorial_digits
-from tests.conftest import ServedApp, WorkerProcess
 from tests.helpers import Client, async_wait_until, jobs_waiting
 
 UNKNOWN = "0123456789abcdef0123456789abcdef"
@@ -21,7 +20,7 @@ async def _nothing_more(client: Client, seconds: float = 1.0) -> None:
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_cancelling_a_queued_job_stops_it_and_a_new_request_gets_a_new_job(ws_url, redis_url, redis_client):
+async def test_cancelling_a_queued_job_stops_it_and_a_new_request_gets_a_new_job(ws_url, make_worker, redis_client):
     client = await Client.connect(ws_url)
     ack = await client.ask({"type": "factorial", "number": 40_000})
     task_id = ack["task_id"]
@@ -35,90 +34,80 @@ async def test_cancelling_a_queued_job_stops_it_and_a_new_request_gets_a_new_job
 
     fresh = await client.ask({"type": "factorial", "number": 40_000})
     assert fresh["task_id"] != task_id
-    worker = WorkerProcess(redis_url).start()
-    try:
+    make_worker()
+    done = await client.receive(30)
+    while done["type"] == "status":
         done = await client.receive(30)
-        while done["type"] == "status":
-            done = await client.receive(30)
-        assert done["task_id"] == fresh["task_id"] and done["result"] == factorial_digits(40_000)
-    finally:
-        worker.stop()
+    assert done["task_id"] == fresh["task_id"] and done["result"] == factorial_digits(40_000)
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_job_another_connection_waits_for_continues_and_is_delivered_to_it(ws_url, redis_url):
+async def test_a_job_another_connection_waits_for_continues_and_is_delivered_to_it(ws_url, make_worker):
     canceller, waiter = await Client.connect(ws_url), await Client.connect(ws_url)
     task_id = (await canceller.ask({"type": "factorial", "number": 41_000}))["task_id"]
     assert (await waiter.ask({"type": "factorial", "number": 41_000}))["task_id"] == task_id
     answer = await canceller.ask({"type": "cancel", "task_id": task_id})
     assert answer["job"] == "continues"
-    worker = WorkerProcess(redis_url).start()
-    try:
+    make_worker()
+    done = await waiter.receive(30)
+    while done["type"] == "status":
         done = await waiter.receive(30)
-        while done["type"] == "status":
-            done = await waiter.receive(30)
-        assert done["type"] == "success" and done["task_id"] == task_id
-        await _nothing_more(canceller)
-    finally:
-        worker.stop()
+    assert done["type"] == "success" and done["task_id"] == task_id
+    await _nothing_more(canceller)
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_a_waiter_on_another_server_keeps_the_job_going(ws_url, redis_url):
-    other = ServedApp(redis_url).start()
-    try:
-        here, there = await Client.connect(ws_url), await Client.connect(other.ws_url)
-        task_id = (await here.ask({"type": "factorial", "number": 42_000}))["task_id"]
-        assert (await there.ask({"type": "result", "task_id": task_id}))["status"] == "queued"
-        # The other server shares its waits within about a second.
-        redis = Redis.from_url(redis_url)
-        # Both servers' waits hold it (this server's own counts as one of the two).
-        await async_wait_until(lambda: sum(bool(redis.sismember(k, task_id)) for k in redis.keys("factorial:waits:*")) >= 2,
-                               timeout=10, what="the other server's wait in Redis")
-        assert (await here.ask({"type": "cancel", "task_id": task_id}))["job"] == "continues"
-        # Once it is gone, no one waits: a cancel stops the job.
-        there.close()
-        other.stop()
-        second = await Client.connect(ws_url)
-        assert (await second.ask({"type": "result", "task_id": task_id}))["status"] == "queued"
-        answer = await async_wait_until_cancelled(second, task_id)
-        assert answer["job"] == "stopped"
-    finally:
-        other.stop()
+async def test_a_waiter_on_another_server_keeps_the_job_going(ws_url, redis_url, make_server):
+    other = make_server()
+    here, there = await Client.connect(ws_url), await Client.connect(other.ws_url)
+    task_id = (await here.ask({"type": "factorial", "number": 42_000}))["task_id"]
+    assert (await there.ask({"type": "result", "task_id": task_id}))["status"] == "queued"
+    # The other server shares its waits within about a second.
+    redis = Redis.from_url(redis_url)
+    # Both servers' waits hold it (this server's own counts as one of the two).
+    await async_wait_until(lambda: sum(bool(redis.sismember(k, task_id)) for k in redis.keys("factorial:waits:*")) >= 2,
+                           timeout=10, what="the other server's wait in Redis")
+    assert (await here.ask({"type": "cancel", "task_id": task_id}))["job"] == "continues"
+    # Once it is gone, no one waits: a cancel stops the job.
+    there.close()
+    other.stop()
+    second = await Client.connect(ws_url)
+    assert (await second.ask({"type": "result", "task_id": task_id}))["status"] == "queued"
+    answer = await async_wait_until_cancelled(second, task_id)
+    assert answer["job"] == "stopped"
 
 
 async def async_wait_until_cancelled(client: Client, task_id: str) -> dict:
-    """Cancel until the stopped server's waits expire (bounded: WAITS_TTL_S is 5 s)."""
-    for _ in range(30):
+    """Cancel until the stopped server's waits expire (WAITS_TTL_S is 5 s)."""
+
+    async def cancelled() -> dict | None:
         answer = await client.ask({"type": "cancel", "task_id": task_id})
         if answer["job"] != "continues":
             return answer
         await client.ask({"type": "result", "task_id": task_id})  # wait for it again
-        await asyncio.sleep(0.5)
-    raise AssertionError("the stopped server still counted as a waiter after 15 s")
+        return None
+
+    return await async_wait_until(cancelled, timeout=15, interval=0.5, what="the stopped server's waits to expire")
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_cancelling_a_running_job_tells_its_worker_to_stop_it(ws_url, redis_url, redis_client):
-    worker = WorkerProcess(redis_url).start()
-    try:
-        client = await Client.connect(ws_url)
-        task_id = (await client.ask({"type": "factorial", "number": 1_000_000}))["task_id"]
-        started = await client.receive(30)
-        assert started == {"type": "status", "task_id": task_id, "status": "started"}
-        answer = await client.ask({"type": "cancel", "task_id": task_id})
-        assert answer["job"] == "stopped"
-        await async_wait_until(lambda: redis_client.hget(f"rq:job:{task_id}", "status") in (b"stopped", b"failed"),
-                               timeout=20, what="the worker to stop the job")
-        assert not redis_client.exists(f"factorial:payload:{task_id}")
-        await _nothing_more(client)
-        lookup = await client.ask({"type": "result", "task_id": task_id})
-        assert lookup["code"] == "cancelled"
-        # The worker serves the next job.
-        _, done = await client.factorial(10)
-        assert done["result"] == 3628800
-    finally:
-        worker.stop()
+async def test_cancelling_a_running_job_tells_its_worker_to_stop_it(ws_url, make_worker, redis_client):
+    make_worker()
+    client = await Client.connect(ws_url)
+    task_id = (await client.ask({"type": "factorial", "number": 1_000_000}))["task_id"]
+    started = await client.receive(30)
+    assert started == {"type": "status", "task_id": task_id, "status": "started"}
+    answer = await client.ask({"type": "cancel", "task_id": task_id})
+    assert answer["job"] == "stopped"
+    await async_wait_until(lambda: redis_client.hget(f"rq:job:{task_id}", "status") in (b"stopped", b"failed"),
+                           timeout=20, what="the worker to stop the job")
+    assert not redis_client.exists(f"factorial:payload:{task_id}")
+    await _nothing_more(client)
+    lookup = await client.ask({"type": "result", "task_id": task_id})
+    assert lookup["code"] == "cancelled"
+    # The worker serves the next job.
+    _, done = await client.factorial(10)
+    assert done["result"] == 3628800
 
 
 @pytest.mark.gen_test(timeout=30)
