@@ -51,36 +51,6 @@ def factorial_message(body: bytes) -> dict:
     return message
 
 
-class HttpRequests:
-    """One client's HTTP requests to this process, counted as one member of the client (handlers/limits.py).
-
-    A request is in flight from its arrival until it is answered, and so is an
-    accepted job until it ends: an HTTP client holds no connection to wait on,
-    so this waits for the job in its place (and drops the result it is sent).
-    """
-
-    def __init__(self, client: str, context: ServiceContext):
-        self.client = client
-        self.context = context
-        self.asking = 0
-
-    def in_flight(self) -> int:
-        return self.asking + self.context.delivery.waits_of(self)
-
-    def send(self, frame, ref=None) -> int:
-        return 0  # the client fetches the result with GET /api/tasks/<id>
-
-    def delivered(self, task_id: str, outcome: str) -> None:
-        self.settle()
-
-    def settle(self) -> None:
-        """After a request is answered or a job ended: count again, or stop counting when nothing is left."""
-        if self.in_flight():
-            self.context.counts.changed(self.client)
-        else:
-            self.context.counts.leave(self)
-
-
 class _ApiHandler(JsonRequestHandler):
     def initialize(self, context: ServiceContext) -> None:
         self.context = context
@@ -105,6 +75,11 @@ class _ApiHandler(JsonRequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.finish(body)
 
+    def _counts_jobs_to_their_end(self) -> bool:
+        """Whether an accepted job stays in flight for its HTTP client until it ends (CLIENT_MAX_IN_FLIGHT):
+        an HTTP client holds no connection to be told of the end, so the delivery loop waits in its place."""
+        return self.context.counts.enabled and bool(self.context.settings.client_max_in_flight)
+
     def reply_error(self, err: ProtocolError, ref=None) -> None:
         if err.code == ErrorCode.UNAUTHORIZED:
             self.set_header("WWW-Authenticate", 'Bearer realm="factorial"')
@@ -126,22 +101,19 @@ class FactorialApiHandler(_ApiHandler):
             self.reply_error(err)
             return
         client = self.identity.client
-        counted = self.context.counts.http_member(client, lambda: HttpRequests(client, self.context))
+        ticket = self.context.counts.in_flight.start(client)
         state: JobState | None = None
         try:
-            if counted:
-                counted.asking += 1
             state = await self.context.jobs.request_submit(request.number, client, hold=True)
         except ProtocolError as err:
             self.reply_error(err, request.ref)
             return
         finally:
-            if counted:
-                counted.asking -= 1
-                if state is not None and state.final_answer() is None and self.context.settings.client_max_in_flight:
-                    # In flight until its job ends, like a WebSocket's.
-                    self.context.delivery.watch(state.task_id, counted)
-                counted.settle()
+            if state is not None and state.final_answer() is None and self._counts_jobs_to_their_end():
+                # In flight until its job ends (or its DELETE), like a WebSocket's request.
+                self.context.delivery.hold(state.task_id, client, ticket)
+            else:
+                ticket.end()
         self.context.metrics.job_accepted(state.queue, state.status)
         self.set_header("Location", f"/api/tasks/{state.task_id}")
         self.reply(202, protocol.ack(state.task_id, state.status, state.queue, request.ref))
@@ -155,18 +127,14 @@ class TaskApiHandler(_ApiHandler):
             self.reply_error(err)
             return
         client = self.identity.client
-        counted = self.context.counts.http_member(client, lambda: HttpRequests(client, self.context))
+        ticket = self.context.counts.in_flight.start(client)
         try:
-            if counted:
-                counted.asking += 1
             state: JobState = await self.context.jobs.request_lookup(request.task_id, client)
         except ProtocolError as err:
             self.reply_error(err)
             return
         finally:
-            if counted:
-                counted.asking -= 1
-                counted.settle()
+            ticket.end()
         answer = state.final_answer()
         if answer is None:
             self.reply(200, protocol.status(state.task_id, state.status))
@@ -188,11 +156,7 @@ class TaskApiHandler(_ApiHandler):
             # only the canceller's wait).
             delivery = self.context.delivery
             client = self.identity.client or ANONYMOUS
-            counted = self.context.counts.http_member_of(client)
-            if counted is not None:
-                # Its POST's job is no longer in flight for it.
-                delivery.unwatch(request.task_id, counted)
-                counted.settle()
+            delivery.release(request.task_id, client)  # its POST's job is no longer in flight for it
             outcome = await self.context.jobs.request_cancel(request.task_id, delivery.server_id,
                                                              delivery.others_wait(request.task_id, None),
                                                              holder=client)

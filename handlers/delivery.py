@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from typing import Hashable, Iterable, Protocol
+from typing import TYPE_CHECKING, Hashable, Iterable, Protocol
 
 from tornado.ioloop import PeriodicCallback
 
@@ -28,6 +28,9 @@ from jobs.states import FINISHED, STARTED, Event, JobState
 from jobs.store import Waits
 from protocol import ProtocolError
 from settings import Settings
+
+if TYPE_CHECKING:
+    from handlers.in_flight import Ticket
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +57,22 @@ class Subscriber(Hashable, Protocol):
         connection is gone (nothing more is sent to it)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Hold:
+    """An HTTP client's accepted jobs, waited for here in its place: nothing is sent, and its
+    requests stay in flight until their job ends or its DELETE (handlers/in_flight.py)."""
+
+    client: str
+
+
 class ResultDelivery:
     def __init__(self, jobs: JobGateway, settings: Settings):
         self.jobs = jobs
         self.settings = settings
         self._waiting: dict[str, dict[Subscriber, list]] = {}
         self._by_subscriber: dict[Subscriber, set[str]] = {}
-        # Requests each subscriber waits with: every repeat of a task counts (handlers/limits.py).
-        self._refs: dict[Subscriber, int] = {}
+        # The requests in flight each wait stands for, ended with it (handlers/in_flight.py).
+        self._tickets: dict[tuple[str, Subscriber | Hold], list[Ticket]] = {}
         self._started: set[str] = set()  # jobs whose start was already pushed
         self._recent: OrderedDict[str, tuple[Event, float]] = OrderedDict()
         self._cursor: str | None = None
@@ -87,14 +98,16 @@ class ResultDelivery:
 
     # --- the API the handlers use -------------------------------------------
 
-    def watch(self, task_id: str, subscriber: Subscriber, ref=None, state: str = "") -> None:
-        """Send ``subscriber`` the job's result (or error) when it ends."""
+    def watch(self, task_id: str, subscriber: Subscriber | Hold, ref=None, state: str = "",
+              ticket: Ticket | None = None) -> None:
+        """Send ``subscriber`` the job's result (or error) when it ends, and end ``ticket`` then."""
         if task_id not in self._waiting:
             self._waits_added.add(task_id)
             self._waits_removed.discard(task_id)
         self._waiting.setdefault(task_id, {}).setdefault(subscriber, []).append(ref)
         self._by_subscriber.setdefault(subscriber, set()).add(task_id)
-        self._refs[subscriber] = self._refs.get(subscriber, 0) + 1
+        if ticket is not None:
+            self._tickets.setdefault((task_id, subscriber), []).append(ticket)
         if state == STARTED:
             self._started.add(task_id)
         recent = self._recent.get(task_id)
@@ -102,14 +115,22 @@ class ResultDelivery:
             # Its event was read before this watch began: act on it now.
             spawn(self._settle([recent[0]]), "Delivering an end read before its watch")
 
+    def hold(self, task_id: str, client: str, ticket: Ticket) -> None:
+        """Keep ``client``'s HTTP request (``ticket``) in flight until the job ends or ``release``."""
+        self.watch(task_id, Hold(client), ticket=ticket)
+
+    def release(self, task_id: str, client: str) -> None:
+        """``client`` DELETEd the task: its HTTP requests for it are no longer in flight."""
+        self.unwatch(task_id, Hold(client))
+
     def forget(self, subscriber: Subscriber) -> None:
         """Drop every wait of a closed connection.
 
         A task no one here waits for any more may be abandoned: its job is
         stopped after ABANDON_GRACE_S unless someone, anywhere, waits for it again.
         """
-        self._refs.pop(subscriber, None)
         for task_id in self._by_subscriber.pop(subscriber, ()):
+            self._end_tickets(task_id, subscriber)
             waiters = self._waiting.get(task_id)
             if waiters is not None:
                 waiters.pop(subscriber, None)
@@ -121,35 +142,29 @@ class ResultDelivery:
         """Whether a connection other than ``subscriber`` waits here for the task."""
         return any(other is not subscriber for other in self._waiting.get(task_id, ()))
 
-    def unwatch(self, task_id: str, subscriber: Subscriber) -> None:
+    def unwatch(self, task_id: str, subscriber: Subscriber | Hold) -> None:
         """``subscriber`` waits no more for the task (it cancelled it): nothing more is sent to it about it."""
         ids = self._by_subscriber.get(subscriber)
         if ids is not None:
             ids.discard(task_id)
             if not ids:
                 del self._by_subscriber[subscriber]
+        self._end_tickets(task_id, subscriber)
         waiters = self._waiting.get(task_id)
         if waiters is not None:
-            self._drop_refs(subscriber, len(waiters.pop(subscriber, ())))
+            waiters.pop(subscriber, None)
             if not waiters:
                 self._no_more_waits(task_id)
 
-    def _drop_refs(self, subscriber: Subscriber, count: int) -> None:
-        left = self._refs.get(subscriber, 0) - count
-        if left > 0:
-            self._refs[subscriber] = left
-        else:
-            self._refs.pop(subscriber, None)
+    def _end_tickets(self, task_id: str, subscriber: Subscriber | Hold) -> None:
+        for ticket in self._tickets.pop((task_id, subscriber), ()):
+            ticket.end()
 
     def _no_more_waits(self, task_id: str) -> None:
         del self._waiting[task_id]
         self._started.discard(task_id)
         self._waits_removed.add(task_id)
         self._waits_added.discard(task_id)
-
-    def waits_of(self, subscriber: Subscriber) -> int:
-        """Requests ``subscriber`` waits with: a task asked for three times counts three."""
-        return self._refs.get(subscriber, 0)
 
     @property
     def waiting_jobs(self) -> int:
@@ -281,6 +296,8 @@ class ResultDelivery:
             return
         self._started.add(task_id)
         for subscriber, refs in list(self._waiting[task_id].items()):
+            if isinstance(subscriber, Hold):
+                continue
             for ref in refs:
                 if not subscriber.send(protocol.status(task_id, STARTED, ref)):
                     break  # gone: build no more frames for it
@@ -299,7 +316,9 @@ class ResultDelivery:
                 ids.discard(task_id)
                 if not ids:
                     del self._by_subscriber[subscriber]
-            self._drop_refs(subscriber, len(refs))
+            self._end_tickets(task_id, subscriber)
+            if isinstance(subscriber, Hold):
+                continue  # the client fetches the answer with GET /api/tasks/<id>
             failed = isinstance(answer, ProtocolError)
             for ref in refs:
                 # One frame per ref (each carries its ref). A success goes as the one

@@ -68,10 +68,7 @@ class HttpConnection:
     """One open HTTP connection, as a member of its client (handlers/limits.py)."""
 
     def __init__(self, client: str):
-        self.client = client
-
-    def in_flight(self) -> int:
-        return 0  # its requests count in the client's HttpRequests (handlers/api.py)
+        self.client = client  # its requests count in flight on their own (handlers/in_flight.py)
 
 
 class HttpConnections:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import time
 import weakref
-from typing import Callable, Protocol
+from typing import Hashable, Protocol
 
+from handlers.in_flight import InFlight
 from jobs.gateway import JobGateway, RedisFull
 from jobs.outage import OUTAGE_ERRORS
 from jobs.quota import Admission, QuotaStore, refusal
@@ -45,34 +46,33 @@ class RequestBudget:
         self._tokens -= 1
 
 
-class Member(Protocol):
-    """A connection (or a client's HTTP requests) whose requests count for its client."""
-
-    def in_flight(self) -> int:
-        """Requests not answered yet, and jobs still awaited."""
+class Member(Hashable, Protocol):
+    """An open connection of a client (a WebSocket, or an HTTP connection: handlers/front_door.py)."""
 
 
 class ClientCounts:
     """This server process's open connections and requests in flight, per client.
 
     Lives on the IOLoop. The job gateway writes these counts to Redis with each
-    exchange (jobs/quota.py), so every server adds up the same totals. Counts
-    are taken from the members when asked, never kept in step by hand, so
-    they cannot drift.
+    exchange (jobs/quota.py), so every server adds up the same totals.
+    Connections are counted from the members when asked; requests in flight
+    by ``in_flight`` (handlers/in_flight.py), which notes every change. Neither
+    is kept in step by hand, so they cannot drift.
     """
 
     def __init__(self, enabled: bool = True):
-        # Off when no per-client limit is set: nothing is counted, nothing kept.
+        # Off when no per-client limit is set: nothing is written, no connection kept.
         self.enabled = enabled
-        self._members: dict[str, dict[Member, bool]] = {}  # client -> {member: is a connection}
+        self._members: dict[str, set[Member]] = {}  # client -> its open connections
         self._client_of: dict[Member, str] = {}
         self._changed: set[str] = set()
-        self._http: dict[str, Member] = {}  # client -> its HTTP requests, as one member
+        # Counted even when off: MAX_IN_FLIGHT bounds each connection's.
+        self.in_flight = InFlight(on_change=self.changed)
 
-    def join(self, client: str, member: Member, connection: bool = True) -> None:
+    def join(self, client: str, member: Member) -> None:
         if not self.enabled:
             return
-        self._members.setdefault(client, {})[member] = connection
+        self._members.setdefault(client, set()).add(member)
         self._client_of[member] = client
         self._changed.add(client)
 
@@ -81,47 +81,30 @@ class ClientCounts:
         client = self._client_of.pop(member, None)
         if client is None:
             return
-        if self._http.get(client) is member:
-            del self._http[client]
         members = self._members[client]
-        members.pop(member, None)
+        members.discard(member)
         if not members:
             del self._members[client]
         self._changed.add(client)
 
     def changed(self, client: str) -> None:
-        """Note that ``client``'s count went down (an answer left), for the next exchange."""
-        if client in self._members:
+        """Note that ``client``'s count changed, for the next exchange."""
+        if self.enabled:
             self._changed.add(client)
-
-    def http_member(self, client: str, make: Callable[[], Member]) -> Member | None:
-        """The member that counts ``client``'s HTTP requests (made and joined if need be); None when off."""
-        if not self.enabled:
-            return None
-        member = self._http.get(client)
-        if member is None:
-            member = self._http[client] = make()
-            self.join(client, member, connection=False)
-        return member
-
-    def http_member_of(self, client: str) -> Member | None:
-        """The member counting ``client``'s HTTP requests, if it has one now."""
-        return self._http.get(client)
 
     @property
     def active(self) -> bool:
         """Whether Redis holds (or should hold) any count of this process's."""
-        return bool(self._members or self._changed)
+        return self.enabled and bool(self._members or self._changed or self.in_flight.clients())
 
     def take(self, clients, everyone: bool = False) -> dict[str, tuple[int, int]]:
         """Counts of ``clients`` and of every client changed since the last take (or of ``everyone``)."""
-        wanted = set(self._members) | self._changed if everyone else set(clients) | self._changed
+        if not self.enabled:
+            return {}
+        wanted = set(self._members) | self.in_flight.clients() if everyone else set(clients)
+        wanted |= self._changed
         self._changed = set()
-        counts = {}
-        for client in wanted:
-            members = self._members.get(client, {})
-            counts[client] = (sum(members.values()), sum(m.in_flight() for m in members))
-        return counts
+        return {client: (len(self._members.get(client, ())), self.in_flight.of_client(client)) for client in wanted}
 
 
 class RequestRate:

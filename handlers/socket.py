@@ -15,6 +15,7 @@ from handlers.context import ServiceContext
 from handlers.errors import http_error
 from handlers.drain import SERVICE_RESTART, SERVICE_RESTART_TEXT
 from handlers.redis_watch import RedisWatch
+from handlers.in_flight import Ticket
 from handlers.limits import RequestBudget, RequestRate
 from handlers.outbox import UNREAD_CLOSE_CODE, UNREAD_CLOSE_TEXT, Outbox
 from jobs.states import MISSING, JobState
@@ -33,7 +34,8 @@ class FactorialSocket(WebSocketHandler):
         self.watch = watch
         # Answers leave in the order their requests arrived (protocol:
         # Transport), even when a later one is ready first.
-        self._answers: deque[tuple[Request | None, asyncio.Future, float]] = deque()
+        # Each holds the request's place in flight (handlers/in_flight.py).
+        self._answers: deque[tuple[Request | None, asyncio.Future, float, Ticket]] = deque()
         self._budget = RequestBudget(context.settings)
         # Frames owed to the peer, written as fast as it reads them (handlers/outbox.py).
         self._outbox = Outbox(context.settings.client_max_unsent_bytes, self._write, self._buffer_empty,
@@ -70,10 +72,6 @@ class FactorialSocket(WebSocketHandler):
     def on_finish(self) -> None:
         if self.get_status() != 101:  # the handshake failed: this is no connection
             self.context.counts.leave(self)
-
-    def in_flight(self) -> int:
-        """Requests not answered yet, and jobs this connection waits for (handlers/limits.py)."""
-        return len(self._answers) + self.context.delivery.waits_of(self)
 
     def refuse(self, status: int, err: ProtocolError) -> None:
         """Answer the handshake with an HTTP error whose body is the protocol's error message."""
@@ -124,6 +122,7 @@ class FactorialSocket(WebSocketHandler):
         self.context.drain.closed(self)
         self.watch.closed(self)
         self.context.delivery.forget(self)
+        self.context.counts.in_flight.end_all(self)  # the requests not answered yet
         self.context.counts.leave(self)
         self.context.metrics.connection_closed()
 
@@ -139,7 +138,8 @@ class FactorialSocket(WebSocketHandler):
                 # flood of garbage is held back like any other. A cancel only
                 # against the rate: it is how a client at its in-flight limit
                 # makes room.
-                self._budget.admit(0 if isinstance(request, CancelRequest) else self.in_flight())
+                in_flight = self.context.counts.in_flight.of(self)
+                self._budget.admit(0 if isinstance(request, CancelRequest) else in_flight)
         except ProtocolError as err:
             self._queue_answer(request, _failed_future(err if request is None else err.with_ref(request.ref)))
             if err.code == ErrorCode.RATE_LIMITED:
@@ -199,27 +199,29 @@ class FactorialSocket(WebSocketHandler):
         self.context.metrics.connection_closed_unread()
         self.context.delivery.forget(self)
         self.close(UNREAD_CLOSE_CODE, UNREAD_CLOSE_TEXT)
-        self.context.counts.changed(self.client)
 
     # --- answering in order ---------------------------------------------------
 
     def _queue_answer(self, request: Request | None, answer: asyncio.Future) -> None:
         asked_at = time.monotonic()
         answer = self.watch.bounded(answer, asked_at)
-        self._answers.append((request, answer, asked_at))
+        self._answers.append((request, answer, asked_at, self.context.counts.in_flight.start(self.client, self)))
         answer.add_done_callback(lambda _: self._send_ready_answers())
 
     def _send_ready_answers(self) -> None:
         while self._answers and self._answers[0][1].done():
-            request, answer, asked_at = self._answers.popleft()
+            request, answer, asked_at, ticket = self._answers.popleft()
+            awaits_job = False
             try:
-                self._answer(request, answer.result(), asked_at)
+                awaits_job = self._answer(request, answer.result(), asked_at, ticket)
             except ProtocolError as err:
                 self.send(protocol.error(err, request.ref if request else None))
             except Exception:  # noqa: BLE001 - a bug must not cost the connection
                 log.exception("Answering %r failed", request)
                 self.send(protocol.error(ProtocolError(ErrorCode.JOB_FAILED, "internal error", ref=request.ref)))
-        self.context.counts.changed(self.client)
+            finally:
+                if not awaits_job:
+                    ticket.end()  # answered: no longer in flight
         self._close_if_done()
 
     def close_when_answered(self, code: int = SERVICE_RESTART, reason: str = SERVICE_RESTART_TEXT) -> None:
@@ -233,7 +235,8 @@ class FactorialSocket(WebSocketHandler):
         if self._closing_when_answered and not self._answers and self._outbox.empty:
             self.close(*self._closing_when_answered)
 
-    def _answer(self, request: Request, state: JobState, asked_at: float) -> None:
+    def _answer(self, request: Request, state: JobState, asked_at: float, ticket: Ticket) -> bool:
+        """Send the answer; True when the request waits for its job (``ticket`` then ends with it, delivery.py)."""
         ref = request.ref
         if isinstance(request, CancelRequest):
             # Answered in order: requests before it (which may have started a
@@ -241,7 +244,7 @@ class FactorialSocket(WebSocketHandler):
             self.context.delivery.unwatch(request.task_id, self)
             self._asked_at.pop(request.task_id, None)
             self.send(protocol.cancelled(request.task_id, state, ref))
-            return
+            return False
         if isinstance(request, FactorialRequest):
             self.send(protocol.ack(state.task_id, state.status, state.queue, ref))
             self.context.metrics.job_accepted(state.queue, state.status)
@@ -260,13 +263,14 @@ class FactorialSocket(WebSocketHandler):
             if isinstance(request, ResultRequest):
                 self.send(protocol.status(state.task_id, state.status, ref))
             if self.ws_connection is not None and not self.ws_connection.is_closing():
-                self.context.delivery.watch(state.task_id, self, ref, state.status)
+                self.context.delivery.watch(state.task_id, self, ref, state.status, ticket)
+                return True
+        return False
 
     # --- metrics ----------------------------------------------------------------
 
     def delivered(self, task_id: str, outcome: str) -> None:
         """Count and log a final answer that left; the delivery loop calls this too."""
-        self.context.counts.changed(self.client)
         asked_at = self._asked_at.pop(task_id, None)
         elapsed = None if asked_at is None else time.monotonic() - asked_at
         self.context.metrics.result_delivered(outcome, elapsed)

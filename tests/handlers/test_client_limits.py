@@ -280,34 +280,42 @@ async def test_a_server_stopped_with_sigterm_gives_its_counts_back_at_once(serve
 # --- this process's own count ---------------------------------------------------------
 
 class Member:
-    def __init__(self, in_flight: int):
-        self.count = in_flight
-
-    def in_flight(self) -> int:
-        return self.count
+    """A connection, as ClientCounts sees one."""
 
 
-def test_counts_are_read_from_the_members_and_a_client_that_left_is_written_as_zero():
+def test_counts_are_read_from_the_members_and_the_in_flight_counter_and_a_client_that_left_is_written_as_zero():
     counts = ClientCounts()
-    socket, other, http = Member(3), Member(1), Member(2)
+    socket, other = Member(), Member()
     counts.join("198.18.0.1", socket)
     counts.join("198.18.0.1", other)
-    counts.join("198.18.0.1", http, connection=False)
+    on_socket = [counts.in_flight.start("198.18.0.1", socket) for _ in range(3)]
+    on_other = counts.in_flight.start("198.18.0.1", other)
+    over_http = [counts.in_flight.start("198.18.0.1") for _ in range(2)]
     assert counts.take([]) == {"198.18.0.1": (2, 6)}
     assert counts.take([]) == {}  # nothing changed since
-    socket.count = 0
-    counts.changed("198.18.0.1")
+    for ticket in on_socket:
+        ticket.end()
+    on_socket[0].end()  # ending twice takes one back once
     assert counts.take([]) == {"198.18.0.1": (2, 3)}
-    for member in (socket, other, http):
+    assert counts.in_flight.of(socket) == 0 and counts.in_flight.of(other) == 1
+    for member in (socket, other):
+        counts.in_flight.end_all(member)  # as a closing connection does
         counts.leave(member)
     counts.leave(socket)  # twice is harmless
+    assert counts.take([]) == {"198.18.0.1": (0, 2)} and counts.active  # the HTTP requests still count
+    assert on_other.ended
+    for ticket in over_http:
+        ticket.end()
     assert counts.take([]) == {"198.18.0.1": (0, 0)} and not counts.active
 
 
 def test_counting_off_keeps_nothing():
     counts = ClientCounts(enabled=False)
-    counts.join("198.18.0.1", Member(1))
+    counts.join("198.18.0.1", Member())
+    ticket = counts.in_flight.start("198.18.0.1")  # still counted, for MAX_IN_FLIGHT per connection
+    assert counts.in_flight.of_client("198.18.0.1") == 1
     assert not counts.active and counts.take([], everyone=True) == {}
+    ticket.end()
 
 
 @pytest.mark.gen_test(timeout=90)

@@ -15,6 +15,7 @@ from redis import Redis
 
 import protocol
 from handlers.delivery import ResultDelivery
+from handlers.in_flight import InFlight
 from jobs.gateway import JobGateway
 from jobs.store import JobStore
 from server import connect_redis
@@ -109,14 +110,16 @@ async def test_a_subscriber_gone_gets_nothing_and_the_others_get_one_answer_each
     delivery = make_delivery(settings_for(redis_url))
     task_id = await acked(delivery, 12)
     stays, leaves, closes = Subscriber("stays"), Subscriber("leaves"), Subscriber("closes")
-    delivery.watch(task_id, stays, ref="one")
-    delivery.watch(task_id, stays, ref="two")  # the same job asked twice on one connection
-    delivery.watch(task_id, leaves)
-    delivery.watch(task_id, closes)
+    in_flight = InFlight()
+    delivery.watch(task_id, stays, ref="one", ticket=in_flight.start("a", stays))
+    # The same job asked twice on one connection.
+    delivery.watch(task_id, stays, ref="two", ticket=in_flight.start("a", stays))
+    delivery.watch(task_id, leaves, ticket=in_flight.start("a", leaves))
+    delivery.watch(task_id, closes, ticket=in_flight.start("a", closes))
     delivery.forget(leaves)
     closes.closed = True  # gone without forget: its write finds it closed
-    # Each request counts, a repeat of the same job too (in flight: handlers/limits.py).
-    assert delivery.waits_of(leaves) == 0 and delivery.waits_of(stays) == 2
+    # Each request counts, a repeat of the same job too (handlers/in_flight.py).
+    assert in_flight.of(leaves) == 0 and in_flight.of(stays) == 2
 
     worker = WorkerProcess(redis_url).start()
     try:
@@ -127,6 +130,7 @@ async def test_a_subscriber_gone_gets_nothing_and_the_others_get_one_answer_each
         ("success", 479001600, "one"), ("success", 479001600, "two")]
     assert leaves.frames == [] and closes.frames == []
     assert delivery.waiting_jobs == 0 and delivery.waiting_subscribers == 0
+    assert in_flight.clients() == set()  # every request's count was taken back with its answer
 
 
 @pytest.fixture

@@ -368,9 +368,14 @@ async def test_repeats_of_a_task_over_http_count_toward_the_clients_in_flight_li
                                            body=json.dumps({"number": HARD}), raise_error=False)
         return response.code, json.loads(response.body)
 
-    assert [(await post())[0] for _ in range(2)] == [202, 202]
+    accepted = [await post() for _ in range(2)]
+    assert [code for code, _ in accepted] == [202, 202]
     code, body = await post()
     assert code == 429 and body["code"] == "rate_limited" and "at most 2 unanswered" in body["result"]
+    # The client's DELETE withdraws its hold: both its requests for the task leave the count.
+    response = await http_client.fetch(f"{base_url}/api/tasks/{accepted[0][1]['task_id']}", method="DELETE")
+    assert json.loads(response.body)["type"] == "cancelled"
+    assert [(await post())[0] for _ in range(2)] == [202, 202]
 
 
 @pytest.mark.gen_test(timeout=30)
