@@ -11,7 +11,9 @@ from redis import Redis
 from rq.job import Job
 
 from jobs import keys
+from jobs.gateway import JobGateway
 from jobs.store import JobStore, NotReplicated
+from protocol import ErrorCode, ProtocolError
 from settings import Settings
 from stack.redis import server_command
 from tests.conftest import RedisServer
@@ -65,3 +67,20 @@ def test_with_no_replica_answering_a_submit_fails_as_an_outage_within_the_timeou
     # Without the requirement the same store acknowledges at once.
     relaxed = JobStore(Redis.from_url(primary.url), Settings(redis_url=primary.url))
     assert relaxed.submit([5002])[5002].status == "queued"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_submit_no_replica_confirmed_is_unavailable_at_the_gateway_and_no_bug(primary_and_replica, io_loop):
+    # NotReplicated is no Redis error: it is an outage because OUTAGE_ERRORS lists it (jobs/outage.py).
+    primary, replica, _ = primary_and_replica
+    settings = Settings(redis_url=primary.url, redis_min_replicas=1, redis_replica_timeout_ms=300)
+    bugs = []
+    gateway = JobGateway(JobStore(Redis.from_url(primary.url), settings), on_internal_error=bugs.append)
+    replica.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(ProtocolError) as failed:
+            await gateway.request_submit(5003)
+        assert failed.value.code == ErrorCode.UNAVAILABLE and bugs == [] and gateway.outage.down
+    finally:
+        replica.send_signal(signal.SIGCONT)
+        gateway.close()
