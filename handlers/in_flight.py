@@ -65,6 +65,10 @@ class InFlight:
         """The clients with any request in flight here."""
         return set(self._of_client)
 
+    def any(self) -> bool:
+        """Whether any request is in flight here (without building ``clients()``)."""
+        return bool(self._of_client)
+
     def end_all(self, owner: Hashable) -> None:
         """End every request of connection ``owner`` (it closed)."""
         for ticket in list(self._of_owner.get(owner, ())):

@@ -95,7 +95,7 @@ class ClientCounts:
     @property
     def active(self) -> bool:
         """Whether Redis holds (or should hold) any count of this process's."""
-        return self.enabled and bool(self._members or self._changed or self.in_flight.clients())
+        return self.enabled and bool(self._members or self._changed or self.in_flight.any())
 
     def take(self, clients, everyone: bool = False) -> dict[str, tuple[int, int]]:
         """Counts of ``clients`` and of every client changed since the last take (or of ``everyone``)."""
