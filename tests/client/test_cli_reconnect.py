@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from jobs.factorial import factorial_digits
-from tests.conftest import ROOT, ServedApp, WorkerProcess
+from tests.conftest import ROOT
 from tests.helpers import stop_process, wait_until
 
 NUMBERS = [7, 3000, 8, 20]
@@ -18,8 +18,8 @@ NUMBERS = [7, 3000, 8, 20]
 pytestmark = pytest.mark.slow
 
 
-def test_pending_jobs_survive_a_server_restart_with_one_answer_each(redis_url, redis_client):
-    server = ServedApp(redis_url).start()
+def test_pending_jobs_survive_a_server_restart_with_one_answer_each(make_server, redis_client, make_worker):
+    server = make_server()
     worker = client = None
     stderr_lines: list[str] = []
     try:
@@ -35,8 +35,8 @@ def test_pending_jobs_survive_a_server_restart_with_one_answer_each(redis_url, r
 
         server.stop()
         # The jobs end while no server is up; the new one finds them by task id.
-        worker = WorkerProcess(redis_url).start()
-        server = ServedApp(redis_url, port=server.port).start()
+        make_worker()
+        server = make_server(port=server.port)
 
         stdout, _ = client.communicate(timeout=60)
         reader.join(5)
@@ -53,22 +53,18 @@ def test_pending_jobs_survive_a_server_restart_with_one_answer_each(redis_url, r
         if client and client.poll() is None:
             client.kill()
             client.wait()
-        server.stop()
-        if worker:
-            worker.stop()
 
 
-def test_a_server_that_stays_down_ends_the_client_with_exit_3_and_the_answers_it_had(redis_url, redis_client):
-    server = ServedApp(redis_url).start()
+def test_a_server_that_stays_down_ends_the_client_with_exit_3_and_the_answers_it_had(make_server, make_worker,
+                                                                                       redis_client):
+    server = make_server()
     client = None
     try:
-        worker = WorkerProcess(redis_url).start()
-        try:
-            stored = subprocess.run([sys.executable, "-m", "client", "5", "-q", "--url", server.ws_url], cwd=ROOT,
-                                    capture_output=True, text=True, timeout=30)
-            assert stored.returncode == 0 and stored.stdout == "120\n"
-        finally:
-            worker.stop()
+        worker = make_worker()
+        stored = subprocess.run([sys.executable, "-m", "client", "5", "-q", "--url", server.ws_url], cwd=ROOT,
+                                capture_output=True, text=True, timeout=30)
+        assert stored.returncode == 0 and stored.stdout == "120\n"
+        worker.stop()  # no worker from here on
         # 5! is answered from its stored result; 9! stays queued, with no worker.
         client = subprocess.Popen([sys.executable, "-m", "client", "5", "9", "--json", "--url", server.ws_url],
                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -86,4 +82,3 @@ def test_a_server_that_stays_down_ends_the_client_with_exit_3_and_the_answers_it
         if client and client.poll() is None:
             client.kill()
             client.wait()
-        server.stop()

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 from jobs import keys
-from tests.conftest import ROOT, ServedApp, WorkerProcess
+from tests.conftest import ROOT, ServedApp
 from tests.helpers import wait_until
 
 STOP_WITHIN_S = 2.0  # the promise: the client has exited this long after the signal
@@ -109,14 +109,11 @@ def clients():
 
 
 def test_ctrl_c_cancels_the_waiting_jobs_writes_what_came_and_exits_130_within_2_s(
-        server, redis_url, redis_client, clients):
-    soft_worker = WorkerProcess(redis_url, queues=("soft",)).start()
-    try:
-        client = clients("5", "3001", "3002", "--json", "--url", server.ws_url)
-        client.wait_for("5!: done after", "3001!: queued after", "3002!: queued after")
-        took = client.signal(signal.SIGINT)
-    finally:
-        soft_worker.stop()
+        server, make_worker, redis_client, clients):
+    make_worker(queues=("soft",))
+    client = clients("5", "3001", "3002", "--json", "--url", server.ws_url)
+    client.wait_for("5!: done after", "3001!: queued after", "3002!: queued after")
+    took = client.signal(signal.SIGINT)
     assert client.process.returncode == 130, client.stderr_text
     assert took < STOP_WITHIN_S, took
     lines = client.json_lines()
@@ -184,7 +181,7 @@ def test_a_second_ctrl_c_exits_at_once(server, frozen, clients):
     assert "stopped again: exiting without waiting for the cancels' answers\n" in client.stderr
 
 
-def test_detach_prints_one_task_id_per_number_and_leaves_the_jobs_running(server, redis_url):
+def test_detach_prints_one_task_id_per_number_and_leaves_the_jobs_running(server, make_worker):
     started = time.monotonic()
     client = run_client("7", "3000", "--detach", "--url", server.ws_url)
     assert client.process.returncode == 0, client.stderr_text
@@ -193,12 +190,9 @@ def test_detach_prints_one_task_id_per_number_and_leaves_the_jobs_running(server
     assert len(task_ids) == 2 and all(len(task_id) == TASK_ID_LENGTH for task_id in task_ids)
     assert all(lookup(server, task_id)["type"] == "status" for task_id in task_ids)  # queued: no worker yet
 
-    worker = WorkerProcess(redis_url).start()
-    try:
-        wait_until(lambda: all(lookup(server, task_id)["type"] == "success" for task_id in task_ids), timeout=30,
-                   what="the detached jobs to end")
-    finally:
-        worker.stop()
+    make_worker()
+    wait_until(lambda: all(lookup(server, task_id)["type"] == "success" for task_id in task_ids), timeout=30,
+               what="the detached jobs to end")
     seven, three_thousand = (lookup(server, task_id) for task_id in task_ids)
     assert seven["result"] == 5040 and three_thousand["digits"] == 9131
 
@@ -211,42 +205,38 @@ def test_detach_reports_a_refused_number_on_stderr_and_exits_1(server):
     assert "2000000!: the server answered number_too_large" in client.stderr_text
 
 
-def test_the_api_key_comes_from_the_environment_or_a_file(redis_url, tmp_path):
-    server = ServedApp(redis_url, api_keys="alice:s3cret/+key", api_keys_required="true").start()
-    worker = WorkerProcess(redis_url).start()
-    try:
-        refused = run_client("5", "--url", server.ws_url)
-        assert refused.process.returncode == 1 and refused.stdout == []
-        assert "refused the connection (HTTP 401): an API key is required" in refused.stderr_text
-        assert "set $FACTORIAL_API_KEY or --api-key-file" in refused.stderr_text
+def test_the_api_key_comes_from_the_environment_or_a_file(make_server, tmp_path, make_worker):
+    server = make_server(api_keys="alice:s3cret/+key", api_keys_required="true")
+    make_worker()
+    refused = run_client("5", "--url", server.ws_url)
+    assert refused.process.returncode == 1 and refused.stdout == []
+    assert "refused the connection (HTTP 401): an API key is required" in refused.stderr_text
+    assert "set $FACTORIAL_API_KEY or --api-key-file" in refused.stderr_text
 
-        from_env = run_client("5", "--url", server.ws_url, env={"FACTORIAL_API_KEY": "s3cret/+key"})
-        assert from_env.process.returncode == 0 and from_env.stdout == ["120\n"], from_env.stderr_text
+    from_env = run_client("5", "--url", server.ws_url, env={"FACTORIAL_API_KEY": "s3cret/+key"})
+    assert from_env.process.returncode == 0 and from_env.stdout == ["120\n"], from_env.stderr_text
 
-        key_file = tmp_path / "key"
-        key_file.write_text("s3cret/+key\n")
-        key_file.chmod(0o600)
-        from_file = run_client("6", "--api-key-file", str(key_file), "--url", server.ws_url)
-        assert from_file.process.returncode == 0 and from_file.stdout == ["720\n"], from_file.stderr_text
-        # The file wins over the environment.
-        both = run_client("6", "--api-key-file", str(key_file), "--url", server.ws_url,
-                          env={"FACTORIAL_API_KEY": "wrong"})
-        assert both.process.returncode == 0, both.stderr_text
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret/+key\n")
+    key_file.chmod(0o600)
+    from_file = run_client("6", "--api-key-file", str(key_file), "--url", server.ws_url)
+    assert from_file.process.returncode == 0 and from_file.stdout == ["720\n"], from_file.stderr_text
+    # The file wins over the environment.
+    both = run_client("6", "--api-key-file", str(key_file), "--url", server.ws_url,
+                      env={"FACTORIAL_API_KEY": "wrong"})
+    assert both.process.returncode == 0, both.stderr_text
 
-        wrong = run_client("5", "--url", server.ws_url, env={"FACTORIAL_API_KEY": "wrong"})
-        assert wrong.process.returncode == 1 and "this API key is not known here" in wrong.stderr_text
+    wrong = run_client("5", "--url", server.ws_url, env={"FACTORIAL_API_KEY": "wrong"})
+    assert wrong.process.returncode == 1 and "this API key is not known here" in wrong.stderr_text
 
-        detached = run_client("7", "--detach", "--url", server.ws_url, env={"FACTORIAL_API_KEY": "s3cret/+key"})
-        assert detached.process.returncode == 0 and len(detached.stdout[0].strip()) == TASK_ID_LENGTH
-        refused = run_client("7", "--detach", "--url", server.ws_url)
-        assert refused.process.returncode == 1 and "refused the request (HTTP 401)" in refused.stderr_text
+    detached = run_client("7", "--detach", "--url", server.ws_url, env={"FACTORIAL_API_KEY": "s3cret/+key"})
+    assert detached.process.returncode == 0 and len(detached.stdout[0].strip()) == TASK_ID_LENGTH
+    refused = run_client("7", "--detach", "--url", server.ws_url)
+    assert refused.process.returncode == 1 and "refused the request (HTTP 401)" in refused.stderr_text
 
-        # A key in --url works, as for a browser, but is visible in ps: the client says so.
-        in_url = run_client("5", "-q", "--url", server.ws_url + "?api_key=s3cret%2F%2Bkey")
-        assert in_url.process.returncode == 0 and "a key in --url is shown by ps" in in_url.stderr_text
+    # A key in --url works, as for a browser, but is visible in ps: the client says so.
+    in_url = run_client("5", "-q", "--url", server.ws_url + "?api_key=s3cret%2F%2Bkey")
+    assert in_url.process.returncode == 0 and "a key in --url is shown by ps" in in_url.stderr_text
 
-        missing = run_client("5", "--api-key-file", str(tmp_path / "nothing"), "--url", server.ws_url)
-        assert missing.process.returncode == 2 and "cannot read the API key file" in missing.stderr_text
-    finally:
-        worker.stop()
-        server.stop()
+    missing = run_client("5", "--api-key-file", str(tmp_path / "nothing"), "--url", server.ws_url)
+    assert missing.process.returncode == 2 and "cannot read the API key file" in missing.stderr_text

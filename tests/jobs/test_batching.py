@@ -6,7 +6,7 @@ from jobs.factorial import factorial_digits
 from jobs.store import JobStore, _chunks
 from redis import Redis
 from settings import Settings
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import wait_until
 from tests.helpers import Client
 
 
@@ -25,7 +25,7 @@ def test_one_submit_makes_one_soft_job_per_batch_and_one_hard_job_per_number(red
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_requests_sent_together_share_jobs_but_not_task_ids(ws_url, redis_url, redis_client):
+async def test_requests_sent_together_share_jobs_but_not_task_ids(ws_url, redis_url, redis_client, make_worker):
     client = await Client.connect(ws_url)
     numbers = list(range(500, 590))  # within MAX_IN_FLIGHT (100)
     for i, n in enumerate(numbers):
@@ -45,45 +45,39 @@ async def test_requests_sent_together_share_jobs_but_not_task_ids(ws_url, redis_
     status = await other.ask({"type": "result", "task_id": acks[7]["task_id"]})
     assert status == {"type": "status", "task_id": acks[7]["task_id"], "status": "queued"}
 
-    worker = WorkerProcess(redis_url).start()
-    try:
-        results = {}
-        while len(results) < len(numbers):
-            message = await client.receive(30)
-            if message["type"] == "status":  # a sweep may see a batch running
-                assert message["status"] == "started"
-                continue
-            assert message["type"] == "success", message
-            results[message["ref"]] = message
-        for i, n in enumerate(numbers):
-            assert results[i]["task_id"] == acks[i]["task_id"]
-            assert results[i]["result"] == factorial_digits(n)
+    make_worker()
+    results = {}
+    while len(results) < len(numbers):
+        message = await client.receive(30)
+        if message["type"] == "status":  # a sweep may see a batch running
+            assert message["status"] == "started"
+            continue
+        assert message["type"] == "success", message
+        results[message["ref"]] = message
+    for i, n in enumerate(numbers):
+        assert results[i]["task_id"] == acks[i]["task_id"]
+        assert results[i]["result"] == factorial_digits(n)
+    pushed = await other.receive(30)
+    while pushed["type"] == "status":
         pushed = await other.receive(30)
-        while pushed["type"] == "status":
-            pushed = await other.receive(30)
-        assert pushed["task_id"] == acks[7]["task_id"] and pushed["result"] == factorial_digits(numbers[7])
-        again = await other.ask({"type": "result", "task_id": acks[80]["task_id"]})
-        assert again["type"] == "success" and again["result"] == factorial_digits(numbers[80])
-    finally:
-        worker.stop()
+    assert pushed["task_id"] == acks[7]["task_id"] and pushed["result"] == factorial_digits(numbers[7])
+    again = await other.ask({"type": "result", "task_id": acks[80]["task_id"]})
+    assert again["type"] == "success" and again["result"] == factorial_digits(numbers[80])
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_the_stock_rq_worker_serves_single_batched_and_hard_jobs(ws_url, redis_url):
-    worker = WorkerProcess(redis_url, worker_class=None).start()  # plain ``rq worker soft hard``
-    try:
-        client = await Client.connect(ws_url)
-        numbers = [5, 600, 601, 602, 50_000]
-        for n in numbers:
-            await client.send({"type": "factorial", "number": n, "ref": n})
-        results = {}
-        while len(results) < len(numbers):
-            message = await client.receive(30)
-            if message["type"] == "success":
-                results[message["ref"]] = message["result"]
-        assert results == {n: (120 if n == 5 else factorial_digits(n)) for n in numbers}
-    finally:
-        worker.stop()
+async def test_the_stock_rq_worker_serves_single_batched_and_hard_jobs(ws_url, make_worker):
+    make_worker(worker_class=None)  # plain ``rq worker soft hard``
+    client = await Client.connect(ws_url)
+    numbers = [5, 600, 601, 602, 50_000]
+    for n in numbers:
+        await client.send({"type": "factorial", "number": n, "ref": n})
+    results = {}
+    while len(results) < len(numbers):
+        message = await client.receive(30)
+        if message["type"] == "success":
+            results[message["ref"]] = message["result"]
+    assert results == {n: (120 if n == 5 else factorial_digits(n)) for n in numbers}
 
 
 # --- later requests join the client's waiting batch job (jobs/lua/submit.lua) ---
@@ -126,27 +120,24 @@ def test_a_request_never_joins_a_batch_that_has_read_its_members(redis_url, redi
     assert _job_of(redis_client, later[12].task_id) != batch
 
 
-def test_requests_that_join_batches_while_a_worker_runs_them_all_get_their_answer(redis_url, redis_client):
+def test_requests_that_join_batches_while_a_worker_runs_them_all_get_their_answer(redis_url, redis_client, make_worker):
     # Many small submits race the worker closing batches: each task must end
     # up in exactly one job that computes it.
     store = _store(redis_url, batch=50)
-    worker = WorkerProcess(redis_url, queues=("soft",)).start()
-    try:
-        task_ids = {}
-        for start in range(1, 1001, 4):
-            answers = store.submit(list(range(start, start + 4)), ["alice"] * 4)
-            task_ids.update({n: answers[n].task_id for n in answers})
+    make_worker(queues=("soft",))
+    task_ids = {}
+    for start in range(1, 1001, 4):
+        answers = store.submit(list(range(start, start + 4)), ["alice"] * 4)
+        task_ids.update({n: answers[n].task_id for n in answers})
 
-        def all_answered() -> bool:
-            store.dispatch()  # a server's job: feed the RQ queue from the pending list
-            return len(store.payloads(list(task_ids.values()))) == len(task_ids)
+    def all_answered() -> bool:
+        store.dispatch()  # a server's job: feed the RQ queue from the pending list
+        return len(store.payloads(list(task_ids.values()))) == len(task_ids)
 
-        wait_until(all_answered, timeout=60, what="every joined request's answer")
-        payloads = store.payloads(list(task_ids.values()))
-        for n in (1, 500, 1000):
-            assert factorial_digits(n) in payloads[task_ids[n]].decode()
-        # They shared jobs: far fewer than one job per submit.
-        finished = redis_client.zcard("rq:finished:soft")
-        assert finished < 250 / 2, finished
-    finally:
-        worker.stop()
+    wait_until(all_answered, timeout=60, what="every joined request's answer")
+    payloads = store.payloads(list(task_ids.values()))
+    for n in (1, 500, 1000):
+        assert factorial_digits(n) in payloads[task_ids[n]].decode()
+    # They shared jobs: far fewer than one job per submit.
+    finished = redis_client.zcard("rq:finished:soft")
+    assert finished < 250 / 2, finished

@@ -8,6 +8,7 @@ expired (``unknown_task_id``), and queued work stays.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,7 +19,7 @@ from redis.exceptions import OutOfMemoryError
 
 from jobs import keys
 from stack.redis import EVICTION_POLICY
-from tests.conftest import RedisServer, WorkerProcess
+from tests.conftest import RedisServer
 from tests.helpers import Client, async_wait_until
 
 pytestmark = pytest.mark.slow
@@ -120,52 +121,46 @@ async def test_a_full_redis_answers_busy_over_websocket_and_http_and_the_server_
 
 @pytest.mark.gen_test(timeout=90)
 async def test_an_evicted_result_reads_as_expired_and_queued_work_is_never_evicted(
-        app, ws_url, http_client, base_url, redis_url, redis_client):
-    soft_worker = WorkerProcess(redis_url, queues=("soft",)).start()
-    hard_worker = None
-    try:
-        client = await Client.connect(ws_url)
-        _, done = await client.factorial(5)
-        five = done["task_id"]
-        queued = json.loads((await post(http_client, base_url, HARD)).body)
-        assert queued["status"] == "queued", queued
-        hard_job = f"rq:job:{queued['task_id']}"
-        assert redis_client.ttl(hard_job) == -1  # queued work: no TTL
+        app, ws_url, http_client, base_url, make_worker, redis_client):
+    make_worker(queues=("soft",))
+    client = await Client.connect(ws_url)
+    _, done = await client.factorial(5)
+    five = done["task_id"]
+    queued = json.loads((await post(http_client, base_url, HARD)).body)
+    assert queued["status"] == "queued", queued
+    hard_job = f"rq:job:{queued['task_id']}"
+    assert redis_client.ttl(hard_job) == -1  # queued work: no TTL
 
-        cap_memory(redis_client)
-        for i in range(MAX_FILL_KEYS):
-            if not redis_client.exists(keys.payload(five)):
-                break
-            redis_client.set(f"test:volatile:{i}", FILL_VALUE, ex=3600)
-        else:
-            raise AssertionError("the result was never evicted")
-        assert redis_client.info("stats")["evicted_keys"] > 0
+    cap_memory(redis_client)
+    for i in range(MAX_FILL_KEYS):
+        if not redis_client.exists(keys.payload(five)):
+            break
+        redis_client.set(f"test:volatile:{i}", FILL_VALUE, ex=3600)
+    else:
+        raise AssertionError("the result was never evicted")
+    assert redis_client.info("stats")["evicted_keys"] > 0
 
-        answer = await client.ask({"type": "result", "task_id": five})
-        assert (answer["type"], answer.get("code"), answer["task_id"]) == ("error", "unknown_task_id", five), answer
-        response = await get_task(http_client, base_url, five)
-        assert response.code == 404 and json.loads(response.body)["code"] == "unknown_task_id"
-        # Asked again, the number is computed again.
-        _, again = await client.factorial(5)
-        assert again["result"] == 120
+    answer = await client.ask({"type": "result", "task_id": five})
+    assert (answer["type"], answer.get("code"), answer["task_id"]) == ("error", "unknown_task_id", five), answer
+    response = await get_task(http_client, base_url, five)
+    assert response.code == 404 and json.loads(response.body)["code"] == "unknown_task_id"
+    # Asked again, the number is computed again.
+    _, again = await client.factorial(5)
+    assert again["result"] == 120
 
-        # The queued hard job kept its hash and its place, and runs once a worker comes.
-        assert redis_client.hget(hard_job, "status") == b"queued"
-        hard_worker = WorkerProcess(redis_url, queues=("hard",)).start()
-        deadline = time.monotonic() + 30
-        answer = await client.ask({"type": "result", "task_id": queued["task_id"]})
-        while answer["type"] == "status" and time.monotonic() < deadline:
-            answer = await client.receive(timeout=max(deadline - time.monotonic(), 0.1))
-        assert answer["type"] == "success" and answer["digits"] == 5736, answer
-        client.close()
-    finally:
-        soft_worker.stop()
-        if hard_worker:
-            hard_worker.stop()
+    # The queued hard job kept its hash and its place, and runs once a worker comes.
+    assert redis_client.hget(hard_job, "status") == b"queued"
+    make_worker(queues=("hard",))
+    deadline = time.monotonic() + 30
+    answer = await client.ask({"type": "result", "task_id": queued["task_id"]})
+    while answer["type"] == "status" and time.monotonic() < deadline:
+        answer = await client.receive(timeout=max(deadline - time.monotonic(), 0.1))
+    assert answer["type"] == "success" and answer["digits"] == 5736, answer
+    client.close()
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_a_queued_soft_batch_survives_eviction(app, ws_url, redis_url, redis_client):
+async def test_a_queued_soft_batch_survives_eviction(app, ws_url, make_worker, redis_client):
     client = await Client.connect(ws_url)
     numbers = list(range(300, 310))
     for number in numbers:  # no worker yet: one batch job, queued
@@ -183,7 +178,7 @@ async def test_a_queued_soft_batch_survives_eviction(app, ws_url, redis_url, red
     assert redis_client.info("stats")["evicted_keys"] > 0
     redis_client.config_set("maxmemory", 0)
 
-    worker = WorkerProcess(redis_url, queues=("soft",)).start()
+    make_worker(queues=("soft",))
     try:
         ends = {}
         deadline = time.monotonic() + 20
@@ -193,31 +188,27 @@ async def test_a_queued_soft_batch_survives_eviction(app, ws_url, redis_url, red
                     answer = await client.ask({"type": "result", "task_id": ack["task_id"]})
                     if answer["type"] in ("success", "error"):  # the answer, or a push for another task
                         ends[answer["task_id"]] = answer.get("code", "success")
-            await async_wait_until(lambda: True)
+            await asyncio.sleep(0)  # one loop turn between rounds; the loop is bounded by its deadline
         assert set(ends.values()) == {"success"} and len(ends) == len(numbers), ends
     finally:
-        worker.stop()
         client.close()
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_an_idle_worker_of_two_queues_waits_out_a_full_redis_and_serves_on(app, ws_url, redis_url, redis_client):
+async def test_an_idle_worker_of_two_queues_waits_out_a_full_redis_and_serves_on(app, ws_url, make_worker,
+                                                                                 redis_client):
     # On two queues, the idle worker moves jobs with a script every 0.1 s, which a
     # Redis at its maxmemory refuses even when there is nothing to move.
-    worker = WorkerProcess(redis_url, queues=("soft", "hard")).start()
-    try:
-        client = await Client.connect(ws_url)
-        _, done = await client.factorial(6)
-        assert done["result"] == 720
-        cap_memory(redis_client)
-        filled = fill_until_full(redis_client)
-        full_since = time.monotonic()
-        await async_wait_until(lambda: time.monotonic() - full_since >= 2, what="2 s of a full Redis")
-        assert worker.process.poll() is None, "the worker quit on a full Redis"
-        redis_client.delete(*(f"test:fill:{i}" for i in range(filled)))
-        _, done = await client.factorial(2001, timeout=30)
-        while done["type"] == "status":
-            done = await client.receive(30)
-        assert done["type"] == "success" and worker.process.poll() is None
-    finally:
-        worker.stop()
+    worker = make_worker(queues=("soft", "hard"))
+    client = await Client.connect(ws_url)
+    _, done = await client.factorial(6)
+    assert done["result"] == 720
+    cap_memory(redis_client)
+    filled = fill_until_full(redis_client)
+    await asyncio.sleep(2)  # a duration, not a wait: the worker must outlast 2 s of a full Redis
+    assert worker.process.poll() is None, "the worker quit on a full Redis"
+    redis_client.delete(*(f"test:fill:{i}" for i in range(filled)))
+    _, done = await client.factorial(2001, timeout=30)
+    while done["type"] == "status":
+        done = await client.receive(30)
+    assert done["type"] == "success" and worker.process.poll() is None

@@ -16,7 +16,6 @@ from jobs.store import JobStore
 from protocol import ErrorCode, ProtocolError
 from server import connect_redis
 from settings import Settings
-from tests.conftest import WorkerProcess
 from tests.helpers import wait_until
 
 UNKNOWN = "0123456789abcdef0123456789abcdef"
@@ -50,14 +49,12 @@ def test_identical_numbers_share_one_task_id_and_distinct_numbers_do_not(redis_u
     assert again[3000].task_id == first[3000].task_id and again[5].task_id == first[5].task_id
 
 
-def test_a_stored_result_is_answered_at_once_by_the_same_task_id(redis_url):
+def test_a_stored_result_is_answered_at_once_by_the_same_task_id(redis_url, make_worker):
     store = make_store(redis_url)
     task_id = store.submit([20])[20].task_id
-    worker = WorkerProcess(redis_url).start()
-    try:
-        finished(store, [task_id])
-    finally:
-        worker.stop()
+    worker = make_worker()
+    finished(store, [task_id])
+    worker.stop()
     # No worker now: an answer can only come from what is stored.
     answer = store.submit([20])[20]
     assert answer.task_id == task_id and answer.status == FINISHED
@@ -65,7 +62,7 @@ def test_a_stored_result_is_answered_at_once_by_the_same_task_id(redis_url):
         task_id.encode(), factorial_digits(20).encode())
 
 
-def test_a_full_queue_answers_busy_for_what_does_not_fit_and_takes_more_once_drained(redis_url):
+def test_a_full_queue_answers_busy_for_what_does_not_fit_and_takes_more_once_drained(redis_url, make_worker):
     store = make_store(redis_url, max_queue_length=2, soft_batch_size=1)
     answers = store.submit([1, 2, 3, 4])
     accepted = [n for n, a in answers.items() if not isinstance(a, ProtocolError)]
@@ -77,17 +74,15 @@ def test_a_full_queue_answers_busy_for_what_does_not_fit_and_takes_more_once_dra
     # A number already queued is no new job: it is answered, not refused.
     assert store.submit([accepted[0]])[accepted[0]].status == QUEUED
 
-    worker = WorkerProcess(redis_url).start()
-    try:
-        finished(store, [answers[n].task_id for n in accepted])
-        wait_until(lambda: store.redis.llen("rq:queue:soft") == 0, timeout=20, what="the soft queue to drain")
-    finally:
-        worker.stop()
+    worker = make_worker()
+    finished(store, [answers[n].task_id for n in accepted])
+    wait_until(lambda: store.redis.llen("rq:queue:soft") == 0, timeout=20, what="the soft queue to drain")
+    worker.stop()  # no worker now: the new jobs stay queued
     later = store.submit([3, 4])
     assert all(not isinstance(a, ProtocolError) and a.status == QUEUED for a in later.values())
 
 
-def test_lookups_of_queued_finished_batched_and_unknown_tasks(redis_url):
+def test_lookups_of_queued_finished_batched_and_unknown_tasks(redis_url, make_worker):
     store = make_store(redis_url, soft_batch_size=10)
     batch = store.submit([30, 31, 32])  # one batch job, three task ids
     assert len({a.task_id for a in batch.values()}) == 3
@@ -97,26 +92,22 @@ def test_lookups_of_queued_finished_batched_and_unknown_tasks(redis_url):
     assert states[UNKNOWN].status == MISSING
     assert states[UNKNOWN].final_answer().code == ErrorCode.UNKNOWN_TASK_ID
 
-    worker = WorkerProcess(redis_url).start()
-    try:
-        done = finished(store, ids)
-    finally:
-        worker.stop()
+    worker = make_worker()
+    done = finished(store, ids)
+    worker.stop()  # no worker now: the payloads below are what is stored
     assert [done[t].final_answer() for t in ids] == [store.payloads([t])[t] for t in ids]
     for number, task_id in zip((30, 31, 32), ids):
         assert f'"task_id":"{task_id}","result":"{factorial_digits(number)}"'.encode() in done[task_id].payload
 
 
-def test_a_result_past_its_lifetime_is_unknown_and_the_number_gets_a_new_job(redis_url):
+def test_a_result_past_its_lifetime_is_unknown_and_the_number_gets_a_new_job(redis_url, make_worker):
     store = make_store(redis_url, result_ttl_s=1)
     task_id = store.submit([40])[40].task_id
-    worker = WorkerProcess(redis_url).start()
-    try:
-        finished(store, [task_id])
-        wait_until(lambda: store.states([task_id])[task_id].status == MISSING, timeout=10,
-                   what="the result to expire")
-    finally:
-        worker.stop()
+    worker = make_worker()
+    finished(store, [task_id])
+    wait_until(lambda: store.states([task_id])[task_id].status == MISSING, timeout=10,
+               what="the result to expire")
+    worker.stop()  # no worker now: the number's new job stays queued
     assert store.payloads([task_id]) == {}
     fresh = store.submit([40])[40]
     assert fresh.status == QUEUED and fresh.task_id != task_id
