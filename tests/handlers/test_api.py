@@ -1,16 +1,14 @@
 """The HTTP API end to end: real Redis, a real rq worker, real HTTP requests."""
 
-import asyncio
 import dataclasses
 import json
-import time
 
 import pytest
 from redis import Redis
 
 from jobs import keys
 from jobs.factorial import factorial_digits
-from tests.helpers import free_port, jobs_waiting
+from tests.helpers import async_wait_until, free_port, jobs_waiting
 
 
 async def post(http_client, base_url, body, raise_error=False):
@@ -27,13 +25,12 @@ async def get_task(http_client, base_url, task_id):
 
 async def final_answer(http_client, base_url, task_id, timeout=30):
     """GET the task until it is no longer a status, within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def ended():
         response = await get_task(http_client, base_url, task_id)
-        if json.loads(response.body)["type"] != "status":
-            return response
-        assert time.monotonic() < deadline, f"task {task_id} did not end within {timeout} s"
-        await asyncio.sleep(0.05)
+        return response if json.loads(response.body)["type"] != "status" else None
+
+    return await async_wait_until(ended, timeout=timeout, interval=0.05, what=f"task {task_id} to end")
 
 
 @pytest.mark.gen_test(timeout=30)

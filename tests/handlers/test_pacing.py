@@ -12,6 +12,7 @@ from tornado.tcpclient import TCPClient
 from tornado.testing import bind_unused_port
 
 from handlers.pacing import PacedHTTPServer
+from tests.helpers import async_wait_until
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
 
@@ -55,10 +56,8 @@ async def test_requests_that_arrive_together_are_served_a_few_per_loop_pass():
         streams = [await TCPClient().connect("127.0.0.1", port) for _ in range(40)]
         # Let the server accept them all before any speaks: then all 40 requests
         # become readable in the same poll, the storm the pacing is for.
-        deadline = asyncio.get_running_loop().time() + 10
-        while server.connections_not_started < 40:
-            assert asyncio.get_running_loop().time() < deadline, "the server did not accept the 40 connections"
-            await asyncio.sleep(0.01)
+        await async_wait_until(lambda: server.connections_not_started >= 40, timeout=10, interval=0.01,
+                               what="the server to accept the 40 connections")
         answers = await asyncio.gather(*(_ask(stream) for stream in streams))
         assert all(answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello") for answer in answers)
         per_pass = collections.Counter(seen)

@@ -43,7 +43,7 @@ def test_a_live_servers_counts_outlast_the_ttls_while_it_renews_its_lease(redis_
     renewals = 0
     deadline = time.monotonic() + 5 * LEASE_S
     while time.monotonic() < deadline and renewals < 100:
-        time.sleep(LEASE_S / 3)
+        time.sleep(LEASE_S / 3)  # the renewal pace, a few per lease: part of the scenario
         a.exchange({}, [])
         renewals += 1
     _, (verdict,) = b.exchange({}, [Admission("c", "connection", 3)])
