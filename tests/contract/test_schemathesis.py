@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServedApp, WorkerProcess
 from tests.contract.documents import OPENAPI_PATH
 
 CHECKS = ",".join([
@@ -23,19 +22,14 @@ SEED = 22
 
 
 @pytest.mark.slow
-def test_schemathesis_finds_no_server_error_and_no_undocumented_response(redis_url, tmp_path):
-    workers = [WorkerProcess(redis_url, queues=(queue,)).start() for queue in ("soft", "hard")]
-    server = ServedApp(redis_url).start()
-    try:
-        command = [str(Path(sys.executable).parent / "st"), "run", str(OPENAPI_PATH), "--url", server.http_url,
-                   "--checks", CHECKS, "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED),
-                   "--generation-database", "none", "--workers", "1", "--request-timeout", "10", "--no-color",
-                   "--output-truncate", "true"]
-        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=150)
-        print(done.stdout[-4000:])
-        assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
-        assert "No issues found" in done.stdout or "passed" in done.stdout, done.stdout[-3000:]
-    finally:
-        server.stop()
-        for worker in workers:
-            worker.stop()
+def test_schemathesis_finds_no_server_error_and_no_undocumented_response(make_server, tmp_path, make_worker):
+    workers = [make_worker(queues=(queue,)) for queue in ("soft", "hard")]
+    server = make_server()
+    command = [str(Path(sys.executable).parent / "st"), "run", str(OPENAPI_PATH), "--url", server.http_url,
+               "--checks", CHECKS, "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED),
+               "--generation-database", "none", "--workers", "1", "--request-timeout", "10", "--no-color",
+               "--output-truncate", "true"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=150)
+    print(done.stdout[-4000:])
+    assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
+    assert "No issues found" in done.stdout or "passed" in done.stdout, done.stdout[-3000:]

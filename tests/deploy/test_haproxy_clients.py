@@ -7,7 +7,6 @@ import json
 import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
-from tests.conftest import ServedApp, WorkerProcess
 from tests.deploy.haproxy import HAProxy, haproxy_binary
 from tests.helpers import Client, free_port
 
@@ -23,9 +22,10 @@ async def through(url: str, source: str, **headers):
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_clients_behind_haproxy_are_counted_apart_and_cannot_forge_another_address(redis_url, tmp_path):
-    server = ServedApp(redis_url, client_max_connections=1, trusted_proxies="127.0.0.1").start()
-    worker = WorkerProcess(redis_url).start()  # /healthz wants a worker, or HAProxy sends nobody
+async def test_clients_behind_haproxy_are_counted_apart_and_cannot_forge_another_address(make_server, make_worker,
+                                                                                          tmp_path):
+    server = make_server(client_max_connections=1, trusted_proxies="127.0.0.1")
+    make_worker()  # /healthz wants a worker, or HAProxy sends nobody
     port = free_port()
     proxy = HAProxy(tmp_path, f"127.0.0.1:{port}", [f"127.0.0.1:{server.port}"] * 2).start()
     held = []
@@ -45,5 +45,3 @@ async def test_clients_behind_haproxy_are_counted_apart_and_cannot_forge_another
             if isinstance(client, Client):
                 client.close()
         proxy.stop()
-        worker.stop()
-        server.stop()

@@ -9,7 +9,6 @@ from urllib.parse import quote
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from tests.conftest import ServedApp, WorkerProcess
 from tests.deploy.haproxy import HAProxy, haproxy_binary
 from tests.helpers import Client, async_wait_until, free_port
 
@@ -19,24 +18,23 @@ SECRET = "s3cret-Key/with+odd=chars"
 
 
 @pytest.fixture
-def behind_haproxy(redis_url, tmp_path):
-    """Start one server (with ``env``) behind HAProxy: yields a function returning (server, proxy, port)."""
-    started = []
+def behind_haproxy(make_server, make_worker, tmp_path):
+    """Start one server (with ``env``) behind HAProxy: yields a function returning (server, proxy, port).
+    The proxies stop here, then make_server and make_worker stop the server and the worker."""
+    proxies = []
 
     def start(**env):
-        server = ServedApp(redis_url, **env).start()
-        started.append(server)
+        server = make_server(**env)
         port = free_port()
         proxy = HAProxy(tmp_path, f"127.0.0.1:{port}", [f"127.0.0.1:{server.port}"] * 2)
-        started.append(proxy.start())
+        proxies.append(proxy.start())
         proxy.wait_state("web-1", "UP")
         return server, proxy, port
 
-    worker = WorkerProcess(redis_url).start()  # /healthz wants a worker, or HAProxy sends nobody
+    make_worker()  # /healthz wants a worker, or HAProxy sends nobody
     yield start
-    for process in reversed(started):
-        process.stop()
-    worker.stop()
+    for proxy in reversed(proxies):
+        proxy.stop()
 
 
 @pytest.mark.gen_test(timeout=90)

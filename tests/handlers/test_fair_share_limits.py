@@ -33,7 +33,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 
 from settings import Settings
 from tests.conftest import RedisServer, ServedApp, WorkerProcess
-from tests.helpers import Client, free_port, jobs_waiting
+from tests.helpers import Client, async_wait_until, free_port, jobs_waiting
 
 HEAVY_FIRST_N = 50_000
 LIGHT_BIG_FIRST_N = 100_000
@@ -119,11 +119,11 @@ async def light_client(url: str, seconds: float) -> dict:
                 asked[kind] += 1
                 await client.send({"type": "factorial", "number": n, "ref": ref})
             tick += 1
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # the light client's pace: part of the scenario
         # Answers still on their way get a grace, then count as unanswered.
         grace_ends = time.monotonic() + GRACE_S
         while sum(map(len, times.values())) + refused < sum(asked.values()) and time.monotonic() < grace_ends:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # polling inside the grace, which is a duration: missing answers count
     finally:
         reader.cancel()
         client.close()
@@ -143,12 +143,14 @@ async def scenario(url: str, redis_url: str, connections: int, requests_each: in
         nonlocal peak
         while True:
             peak = max(peak, jobs_waiting(redis, "hard"))
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.25)  # the sampling interval, until the scenario cancels it
 
     watcher = asyncio.ensure_future(watch_queue())
     heavy.start()
     try:
-        await asyncio.sleep(1.0)  # the burst is under way
+        # The light client starts once the burst is under way: the heavy host's first jobs are in Redis.
+        await async_wait_until(lambda: next(redis.scan_iter("rq:job:*", count=1000), None), timeout=30,
+                               interval=0.05, what="the heavy host's burst to begin")
         light = await light_client(url, seconds)
         heavy_outcome = await asyncio.get_running_loop().run_in_executor(None, heavy_results.get, True, 120)
     finally:
@@ -185,16 +187,13 @@ def summary(figures: dict, seconds: float) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.gen_test(timeout=180)
-async def test_the_limits_hold_a_heavy_host_back_and_the_light_client_is_never_refused(redis_url):
+async def test_the_limits_hold_a_heavy_host_back_and_the_light_client_is_never_refused(redis_url, make_server,
+                                                                                       make_worker):
     limits = {"client_max_connections": 20, "client_max_in_flight": 60, "client_max_requests_per_s": 100}
-    server = ServedApp(redis_url, **limits).start()
-    worker = WorkerProcess(redis_url).start()
-    try:
-        figures = await scenario(f"ws://127.0.0.1:{server.port}/ws", redis_url, connections=40, requests_each=10,
-                                 seconds=6)
-    finally:
-        worker.stop()
-        server.stop()
+    server = make_server(**limits)
+    make_worker()
+    figures = await scenario(f"ws://127.0.0.1:{server.port}/ws", redis_url, connections=40, requests_each=10,
+                             seconds=6)
     heavy, light = figures["heavy"], figures["light"]
     assert heavy["connected"] == 20 and heavy["refused_429"] == 20, heavy
     # 200 requests, at most 60 in flight at once: the rest are refused and enqueue nothing.

@@ -12,7 +12,6 @@ from tornado.httpclient import HTTPRequest
 from jobs import keys
 from jobs.store import JobStore
 from settings import Settings
-from tests.conftest import WorkerProcess
 from tests.helpers import MAX_MESSAGE_BYTES, Client, jobs_waiting
 
 HEAVY_BACKLOG = 40
@@ -85,48 +84,44 @@ async def _successes(client: Client, count: int, seen: dict[str, float], timeout
 
 @pytest.mark.gen_test(timeout=180)
 @pytest.mark.parametrize("worker_class", ["jobs.worker.LaneWorker", None], ids=["lane", "stock"])
-async def test_a_light_clients_job_overtakes_a_heavy_clients_backlog(ws_url, redis_url, worker_class):
-    workers = [WorkerProcess(redis_url, worker_class=worker_class).start()]
-    try:
-        heavy_connections = [await _connect_from(ws_url, "127.0.0.1") for _ in range(4)]
-        numbers = iter(range(30_000, 30_000 + HEAVY_BACKLOG))
-        heavy_ids = set()
-        for connection in heavy_connections:
-            for _ in range(HEAVY_BACKLOG // len(heavy_connections)):
-                await connection.send({"type": "factorial", "number": next(numbers)})
-        for connection in heavy_connections:
-            for _ in range(HEAVY_BACKLOG // len(heavy_connections)):
+async def test_a_light_clients_job_overtakes_a_heavy_clients_backlog(ws_url, redis_url, worker_class, make_worker):
+    workers = [make_worker(worker_class=worker_class)]
+    heavy_connections = [await _connect_from(ws_url, "127.0.0.1") for _ in range(4)]
+    numbers = iter(range(30_000, 30_000 + HEAVY_BACKLOG))
+    heavy_ids = set()
+    for connection in heavy_connections:
+        for _ in range(HEAVY_BACKLOG // len(heavy_connections)):
+            await connection.send({"type": "factorial", "number": next(numbers)})
+    for connection in heavy_connections:
+        for _ in range(HEAVY_BACKLOG // len(heavy_connections)):
+            ack = await connection.receive(20)
+            while ack["type"] == "status":  # an earlier job of this connection started
                 ack = await connection.receive(20)
-                while ack["type"] == "status":  # an earlier job of this connection started
-                    ack = await connection.receive(20)
-                assert ack["type"] == "result", ack
-                heavy_ids.add(ack["task_id"])
+            assert ack["type"] == "result", ack
+            heavy_ids.add(ack["task_id"])
 
-        light = await _connect_from(ws_url, "127.0.0.2")
-        light_ack = await light.ask({"type": "factorial", "number": 31_000 + HEAVY_BACKLOG})
-        asked_at = time.monotonic()
-        ended: dict[str, float] = {}
-        heavy_done = asyncio.gather(*(_successes(c, HEAVY_BACKLOG // len(heavy_connections), {}, 120)
-                                      for c in heavy_connections))
+    light = await _connect_from(ws_url, "127.0.0.2")
+    light_ack = await light.ask({"type": "factorial", "number": 31_000 + HEAVY_BACKLOG})
+    asked_at = time.monotonic()
+    ended: dict[str, float] = {}
+    heavy_done = asyncio.gather(*(_successes(c, HEAVY_BACKLOG // len(heavy_connections), {}, 120)
+                                  for c in heavy_connections))
+    light_message = await light.receive(120)
+    while light_message["type"] == "status":
         light_message = await light.receive(120)
-        while light_message["type"] == "status":
-            light_message = await light.receive(120)
-        light_at = time.monotonic()
-        assert light_message["type"] == "success" and light_message["task_id"] == light_ack["task_id"]
+    light_at = time.monotonic()
+    assert light_message["type"] == "success" and light_message["task_id"] == light_ack["task_id"]
 
-        # Count the heavy jobs that ended after the light one was asked and before it ended.
-        finished = Redis.from_url(redis_url)
-        for task_id in heavy_ids:
-            ended_at = finished.hget(f"rq:job:{task_id}", "ended_at")
-            if ended_at:
-                ended[task_id] = ended_at
-        light_ended = finished.hget(f"rq:job:{light_ack['task_id']}", "ended_at")
-        before_light = sum(1 for t in ended.values() if t < light_ended)
-        # The backlog: HEAVY_BACKLOG jobs; at most one running, one in the RQ
-        # queue and one turn of the one busy client may go first.
-        busy_clients, worker_count = 1, len(workers)
-        assert before_light <= busy_clients + 2 * worker_count, (before_light, light_at - asked_at)
-        await heavy_done  # and the backlog is all served
-    finally:
-        for worker in workers:
-            worker.stop()
+    # Count the heavy jobs that ended after the light one was asked and before it ended.
+    finished = Redis.from_url(redis_url)
+    for task_id in heavy_ids:
+        ended_at = finished.hget(f"rq:job:{task_id}", "ended_at")
+        if ended_at:
+            ended[task_id] = ended_at
+    light_ended = finished.hget(f"rq:job:{light_ack['task_id']}", "ended_at")
+    before_light = sum(1 for t in ended.values() if t < light_ended)
+    # The backlog: HEAVY_BACKLOG jobs; at most one running, one in the RQ
+    # queue and one turn of the one busy client may go first.
+    busy_clients, worker_count = 1, len(workers)
+    assert before_light <= busy_clients + 2 * worker_count, (before_light, light_at - asked_at)
+    await heavy_done  # and the backlog is all served

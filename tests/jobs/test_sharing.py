@@ -11,7 +11,6 @@ from redis import Redis
 from jobs import keys
 from jobs.store import ANONYMOUS, JobStore
 from settings import Settings
-from tests.conftest import ServedApp
 from tests.helpers import Client
 
 TRIALS = 100
@@ -87,17 +86,13 @@ def test_a_batch_leaves_out_the_numbers_another_job_has(stores, redis_client):
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_two_server_processes_asked_at_once_make_one_job(redis_url, redis_client):
+async def test_two_server_processes_asked_at_once_make_one_job(redis_url, redis_client, make_server):
     # 240 requests from one host within a second or two: over one client's rate, so no per-client rate here.
-    servers = [ServedApp(redis_url, client_max_requests_per_s=0).start() for _ in range(2)]
-    try:
-        clients = [await Client.connect(server.ws_url) for server in servers for _ in range(2)]
-        for trial in range(30):
-            for number in (20_000 + trial, 300 + trial):
-                await asyncio.gather(*(c.send({"type": "factorial", "number": number}) for c in clients))
-                acks = await asyncio.gather(*(c.receive() for c in clients))
-                assert len({a["task_id"] for a in acks}) == 1, (number, acks)
-        assert JobStore(redis_client, Settings(redis_url=redis_url)).jobs_waiting() == {"soft": 30, "hard": 30}
-    finally:
-        for server in servers:
-            server.stop()
+    servers = [make_server(client_max_requests_per_s=0) for _ in range(2)]
+    clients = [await Client.connect(server.ws_url) for server in servers for _ in range(2)]
+    for trial in range(30):
+        for number in (20_000 + trial, 300 + trial):
+            await asyncio.gather(*(c.send({"type": "factorial", "number": number}) for c in clients))
+            acks = await asyncio.gather(*(c.receive() for c in clients))
+            assert len({a["task_id"] for a in acks}) == 1, (number, acks)
+    assert JobStore(redis_client, Settings(redis_url=redis_url)).jobs_waiting() == {"soft": 30, "hard": 30}
