@@ -166,3 +166,19 @@ def test_the_worker_reads_json_whatever_serializer_it_is_given(redis_client):
         assert [(q.name, q.serializer) for q in worker.queues] == [("soft", rq_schema.SERIALIZER),
                                                                     ("hard", rq_schema.SERIALIZER)], given
         assert worker._ordered_queues == worker.queues
+
+
+def test_a_service_job_that_raises_still_ends_through_its_failure_callback_and_meta_round_trips(
+        redis_client, make_worker):
+    """JSON keeps what the service stores in a job: its failure callback's name and its meta."""
+    from rq.queue import Queue
+
+    from jobs.store import ON_FAILURE
+
+    make_worker(queues=("soft",))
+    queue = Queue("soft", connection=redis_client, serializer=rq_schema.SERIALIZER)
+    job = queue.enqueue(FACTORIAL_JOB, "not a number", on_failure=ON_FAILURE, meta={"asked_by": ["a", 1]})
+    key = rq_schema.JOB_PREFIX + job.id
+    wait_until(lambda: redis_client.hget(key, FIELDS["state"]) == b"failed", timeout=15, what="the job to fail")
+    assert redis_client.hget(key, FIELDS["text"]).startswith(b"the job failed: TypeError")  # events.on_failure's
+    assert Job.fetch(job.id, connection=redis_client, serializer=rq_schema.SERIALIZER).meta == {"asked_by": ["a", 1]}
