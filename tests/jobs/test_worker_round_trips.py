@@ -20,7 +20,7 @@ from rq.worker import SimpleWorker
 
 from jobs.rq_schema import SERIALIZER
 from jobs.worker import LaneWorker
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import wait_until
 
 JOBS = 40
 
@@ -54,39 +54,33 @@ def test_lane_worker_makes_at_most_six_tenths_of_rqs_round_trips_per_soft_job(re
     assert lane <= 0.6 * stock, (lane, stock)
 
 
-def test_after_a_soft_job_the_idle_worker_key_lives_for_the_full_worker_ttl(redis_url, redis_client):
+def test_after_a_soft_job_the_idle_worker_key_lives_for_the_full_worker_ttl(make_worker, redis_client):
     # A soft job's own beat gives the worker key the job's TTL (its timeout +
     # 60 s); the beat after it must still restore the full one before the
     # worker waits minutes for its next job.
-    worker = WorkerProcess(redis_url, queues=("soft",)).start()
-    try:
-        key = next(iter(redis_client.smembers("rq:workers")))
-        job = Queue("soft", connection=redis_client, serializer=SERIALIZER).enqueue("jobs.factorial.factorial", 5)
-        wait_until(lambda: job.get_status(refresh=True) == "finished", timeout=10, what="the job to finish")
-        wait_until(lambda: redis_client.hget(key, "state") == b"idle", timeout=10, what="the worker to be idle")
-        assert redis_client.ttl(key) > DEFAULT_WORKER_TTL
-    finally:
-        worker.stop()
+    make_worker(queues=("soft",))
+    key = next(iter(redis_client.smembers("rq:workers")))
+    job = Queue("soft", connection=redis_client, serializer=SERIALIZER).enqueue("jobs.factorial.factorial", 5)
+    wait_until(lambda: job.get_status(refresh=True) == "finished", timeout=10, what="the job to finish")
+    wait_until(lambda: redis_client.hget(key, "state") == b"idle", timeout=10, what="the worker to be idle")
+    assert redis_client.ttl(key) > DEFAULT_WORKER_TTL
 
 
-def test_a_suspended_worker_takes_no_job_until_resumed(redis_url, redis_client):
-    worker = WorkerProcess(redis_url, queues=("soft",)).start()
-    try:
-        queue = Queue("soft", connection=redis_client, serializer=SERIALIZER)
-        first = queue.enqueue("jobs.factorial.factorial", 5)
-        wait_until(lambda: first.get_status(refresh=True) == "finished", timeout=10, what="the first job")
-        time.sleep(1.2)  # past the worker's once-a-second look, as a worker idle for a while is
-        suspend(redis_client)
-        # A worker already waiting for a job takes the next one, as RQ's own
-        # does; it looks for suspension before it waits again.
-        second = queue.enqueue("jobs.factorial.factorial", 6)
-        wait_until(lambda: second.get_status(refresh=True) == "finished", timeout=10, what="the second job")
-        third = queue.enqueue("jobs.factorial.factorial", 7)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            assert third.get_status(refresh=True) == "queued"
-            time.sleep(0.1)
-        resume(redis_client)
-        wait_until(lambda: third.get_status(refresh=True) == "finished", timeout=15, what="the job after resume")
-    finally:
-        worker.stop()
+def test_a_suspended_worker_takes_no_job_until_resumed(make_worker, redis_client):
+    make_worker(queues=("soft",))
+    queue = Queue("soft", connection=redis_client, serializer=SERIALIZER)
+    first = queue.enqueue("jobs.factorial.factorial", 5)
+    wait_until(lambda: first.get_status(refresh=True) == "finished", timeout=10, what="the first job")
+    time.sleep(1.2)  # a duration: past the worker's once-a-second look, as a worker idle for a while is
+    suspend(redis_client)
+    # A worker already waiting for a job takes the next one, as RQ's own
+    # does; it looks for suspension before it waits again.
+    second = queue.enqueue("jobs.factorial.factorial", 6)
+    wait_until(lambda: second.get_status(refresh=True) == "finished", timeout=10, what="the second job")
+    third = queue.enqueue("jobs.factorial.factorial", 7)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert third.get_status(refresh=True) == "queued"
+        time.sleep(0.1)  # polling through a 3 s window in which nothing must happen
+    resume(redis_client)
+    wait_until(lambda: third.get_status(refresh=True) == "finished", timeout=15, what="the job after resume")
