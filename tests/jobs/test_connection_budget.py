@@ -71,14 +71,17 @@ def test_a_silent_sentinel_listed_first_does_not_delay_the_answer(sentinel, sile
     for _ in range(3):  # the silent one's question is still under way the second and third time
         address, took = _timed(lambda: sentinels.discover_master(MASTER))
         assert address == ("127.0.0.1", redis_server.port)
-        assert took < 0.3, took
+        # Not waiting for the silent one: well under its timeout (what waiting would cost), with room for a
+        # loaded machine; the answer itself takes milliseconds.
+        assert took < SENTINEL_TIMEOUT_S / 2, took
 
 
 def test_sentinels_all_silent_cost_one_timeout_not_retries(silent):
     sentinels = ParallelSentinel([silent, silent], sentinel_kwargs=connection.sentinel_options(Settings()))
     error, took = _timed(lambda: sentinels.discover_master(MASTER))
     assert isinstance(error, MasterNotFoundError)
-    assert SENTINEL_TIMEOUT_S - 0.1 <= took <= SENTINEL_TIMEOUT_S + 0.5, took
+    # One timeout, not retries (a second try would double it): the upper slack is a loaded machine's.
+    assert SENTINEL_TIMEOUT_S - 0.1 <= took <= SENTINEL_TIMEOUT_S + 0.8, took
 
 
 def test_a_client_through_the_sentinels_reaches_the_primary_past_a_silent_one(sentinel, silent, redis_server):
@@ -86,7 +89,7 @@ def test_a_client_through_the_sentinels_reaches_the_primary_past_a_silent_one(se
                         redis_sentinels=(f"{silent[0]}:{silent[1]}", f"{sentinel[0]}:{sentinel[1]}"))
     client = connection.connect(settings, socket_timeout=2)
     (pong, took) = _timed(client.ping)
-    assert pong is True and took < 0.5, took
+    assert pong is True and took < SENTINEL_TIMEOUT_S / 2, took  # not the silent one's timeout
 
 
 def test_every_connection_has_the_explicit_policy_one_try():
@@ -100,4 +103,6 @@ def test_every_connection_has_the_explicit_policy_one_try():
     began = time.monotonic()
     with pytest.raises(RedisConnectionError):
         connection.connect(Settings(redis_url=settings.redis_url)).ping()
-    assert time.monotonic() - began < 0.1
+    # No backoff: a refused connection fails in milliseconds; 0.5 s is slack for a loaded machine, and
+    # redis-py's default retries with backoff would take seconds.
+    assert time.monotonic() - began < 0.5
