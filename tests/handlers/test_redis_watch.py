@@ -14,7 +14,6 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from handlers.redis_watch import TRY_AGAIN_LATER
-from settings import Settings
 from tests.conftest import RedisServer
 from tests.helpers import Client, async_wait_until
 
@@ -34,9 +33,8 @@ def redis_server(tmp_path):
 
 
 @pytest.fixture
-def settings(redis_url):
-    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2,
-                    redis_unavailable_s=UNAVAILABLE_S, redis_lost_close_s=LOST_CLOSE_S)
+def settings(make_settings):
+    return make_settings(redis_unavailable_s=UNAVAILABLE_S, redis_lost_close_s=LOST_CLOSE_S)
 
 
 async def _healthz(base_url: str) -> tuple[int, dict, float]:
@@ -62,14 +60,16 @@ async def test_a_silent_redis_gets_unavailable_within_the_budget_then_1013_and_a
     while answer.get("ref") != "paused":
         answer = await client.receive(10)
     assert answer["type"] == "error" and answer["code"] == "unavailable", answer
-    assert unavailable_after <= UNAVAILABLE_S + 0.5, unavailable_after
+    assert unavailable_after <= UNAVAILABLE_S + 0.5, unavailable_after  # the budget, and scheduling slack
 
     code, health, took = await _healthz(base_url)
+    # The contract is 0.8 s whatever Redis does; 0.2 s of slack for a loaded machine.
     assert code == 503 and health["redis"] is False and took < 1.0, (code, health, took)
     # Silent this long already: the next request is refused at once.
     asked = time.monotonic()
     answer = await client.ask({"type": "result", "task_id": ack["task_id"], "ref": "again"}, timeout=10)
-    assert answer["code"] == "unavailable" and time.monotonic() - asked < 0.3, answer
+    # "At once": a round trip, not the 1 s budget again; half of it is slack for a loaded machine.
+    assert answer["code"] == "unavailable" and time.monotonic() - asked < UNAVAILABLE_S / 2, answer
 
     closed = await async_wait_until(lambda: client.connection.close_code, timeout=LOST_CLOSE_S + 3,
                                     what="the WebSocket to close")
@@ -79,10 +79,13 @@ async def test_a_silent_redis_gets_unavailable_within_the_budget_then_1013_and_a
 
     redis_server.process.send_signal(signal.SIGCONT)
     back = await Client.connect(ws_url)
-    answer = await back.ask({"type": "result", "task_id": ack["task_id"]}, timeout=10)
-    while answer["type"] == "error" and answer["code"] == "unavailable":  # the watch's next PING clears it
-        assert time.monotonic() - paused < 30
+
+    async def looked_up() -> dict | None:
         answer = await back.ask({"type": "result", "task_id": ack["task_id"]}, timeout=10)
+        return None if answer["type"] == "error" and answer["code"] == "unavailable" else answer
+
+    # The watch's next PING clears it; each try is a round trip, so no pause between them.
+    answer = await async_wait_until(looked_up, timeout=30, interval=0, what="the server to see Redis back")
     assert answer["type"] in ("success", "status") and answer["task_id"] == ack["task_id"], answer
     code, health, _ = await _healthz(base_url)
     assert code == 200, health
