@@ -57,12 +57,15 @@ class WorkerProcess:
     """A real ``rq worker soft hard`` subprocess (or of other ``queues``)."""
 
     def __init__(self, redis_url: str, worker_class: str | None = "jobs.worker.LaneWorker", extra_env=None,
-                 queues: tuple[str, ...] = ("soft", "hard"), log_path: Path | None = None):
+                 queues: tuple[str, ...] = ("soft", "hard"), log_path: Path | None = None, new_session: bool = False):
         self.redis_url = redis_url
         self.worker_class = worker_class
         self.queues = queues
         self.log_path = log_path  # the worker's output, for tests that read it when they fail
         self.extra_env = extra_env or {}
+        # In a session of its own, as honcho and systemd run it: a signal it sends to its own process group
+        # (RQ kills a horse's group) reaches no one else, the test least of all.
+        self.new_session = new_session
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "WorkerProcess":
@@ -74,7 +77,8 @@ class WorkerProcess:
             command += ["--worker-class", self.worker_class]
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.extra_env}
         output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                        start_new_session=self.new_session)
         if self.log_path:
             output.close()
         wait_until(lambda: set(_worker_keys(self.redis_url)) - before or self.process.poll() is not None,
@@ -129,9 +133,10 @@ def make_worker(redis_url):
     started: list[WorkerProcess] = []
 
     def make(queues: tuple[str, ...] = ("soft", "hard"), worker_class: str | None = "jobs.worker.LaneWorker",
-             env: dict | None = None, log_path: Path | None = None, url: str | None = None) -> WorkerProcess:
+             env: dict | None = None, log_path: Path | None = None, url: str | None = None,
+             new_session: bool = False) -> WorkerProcess:
         worker = WorkerProcess(url or redis_url, worker_class=worker_class, extra_env=env, queues=queues,
-                               log_path=log_path)
+                               log_path=log_path, new_session=new_session)
         started.append(worker)  # before start: a worker that fails to register is stopped too
         return worker.start()
 

@@ -14,11 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 
@@ -27,8 +24,8 @@ from redis import Redis
 from tornado.httpclient import AsyncHTTPClient
 
 from jobs import keys
-from tests.conftest import ROOT, ServedApp, WorkerProcess
-from tests.helpers import Client, child_pids, kill_quietly, wait_until
+from tests.conftest import ServedApp
+from tests.helpers import Client, async_wait_until, child_pids, kill_quietly
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +110,7 @@ class Inbox:
             if found is not None:
                 return found
             assert time.monotonic() < deadline, f"no such message within {timeout} s; got {self.messages[-5:]}"
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # polling in a loop bounded by its deadline, whose failure shows what came
 
     async def final(self, task_id: str, timeout: float = 30) -> dict:
         return await self.first(lambda m: m.get("task_id") == task_id and m["type"] in ("success", "error"), timeout)
@@ -124,13 +121,8 @@ class Inbox:
 
 
 async def until_status(redis: Redis, job_id: str, statuses: set[bytes], timeout: float = 30) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = redis.hget(f"rq:job:{job_id}", "status")
-        if status in statuses:
-            return status
-        assert time.monotonic() < deadline, f"job {job_id} still {status} after {timeout} s"
-        await asyncio.sleep(0.05)
+    return await async_wait_until(lambda: (lambda status: status if status in statuses else None)(
+        redis.hget(f"rq:job:{job_id}", "status")), timeout=timeout, interval=0.05, what=f"job {job_id} in {statuses}")
 
 
 async def until_no_work(redis: Redis, timeout: float = 90) -> None:
@@ -144,47 +136,22 @@ async def until_no_work(redis: Redis, timeout: float = 90) -> None:
             return
         assert time.monotonic() < deadline, f"work left after {timeout} s: {waiting} waiting, jobs " + ", ".join(
             f"{k.decode()} {redis.hmget(k, 'status', 'description', 'origin')}" for k in busy[:5])
-        await asyncio.sleep(0.2)
-
-
-class SessionWorker(WorkerProcess):
-    """A worker in a session of its own, as honcho and systemd run it: a signal it sends to its
-    own process group (RQ kills a horse's group) can reach no one else, this test least of all."""
-
-    def start(self) -> "SessionWorker":
-        before = set(Redis.from_url(self.redis_url).smembers("rq:workers"))
-        command = [sys.executable, "-m", "rq.cli", "worker", *self.queues, "--url", self.redis_url,
-                   "--worker-class", self.worker_class]
-        with open(self.log_path, "ab") as output:
-            self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                            stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(lambda: set(Redis.from_url(self.redis_url).smembers("rq:workers")) - before
-                   or self.process.poll() is not None, timeout=20, what="the rq worker to register")
-        assert self.process.poll() is None, "rq worker exited at start"
-        return self
+        await asyncio.sleep(0.2)  # polling in a loop bounded by its deadline, whose failure shows the work left
 
 
 @pytest.fixture
-def stack(redis_url, tmp_path):
-    processes = {
-        "soft": SessionWorker(redis_url, queues=("soft",), log_path=tmp_path / "soft.log").start(),
-        "hard": SessionWorker(redis_url, queues=("hard",), log_path=tmp_path / "hard.log").start(),
+def stack(make_worker, make_server, tmp_path):
+    # Workers in sessions of their own, as honcho and systemd run them (see WorkerProcess).
+    return {
+        "soft": make_worker(queues=("soft",), log_path=tmp_path / "soft.log", new_session=True),
+        "hard": make_worker(queues=("hard",), log_path=tmp_path / "hard.log", new_session=True),
         # Per-client limits stay on (their keys are audited too), with a rate the cycles stay under.
-        "server": ServedApp(redis_url, max_number=LONG, client_max_requests_per_s=10_000).start(),
+        "server": make_server(max_number=LONG, client_max_requests_per_s=10_000),
     }
-    yield processes
-    for name, process in processes.items():
-        if isinstance(process, WorkerProcess) and process.process:
-            horses = child_pids(process.process.pid)
-            process.stop()
-            for pid in horses:
-                kill_quietly(pid)
-        else:
-            process.stop()
 
 
 @pytest.mark.gen_test(timeout=300)
-async def test_after_a_full_run_every_key_without_a_ttl_is_queued_work(stack, redis_client, redis_url, tmp_path):
+async def test_after_a_full_run_every_key_without_a_ttl_is_queued_work(stack, make_worker, redis_client, tmp_path):
     server: ServedApp = stack["server"]
     http = AsyncHTTPClient()
 
@@ -245,7 +212,7 @@ async def test_after_a_full_run_every_key_without_a_ttl_is_queued_work(stack, re
         log.info("cycles done")
         # The running one, over HTTP.
         assert (await delete(busy["task_id"]))["job"] == "stopped"
-        stack["soft"] = SessionWorker(redis_url, queues=("soft",), log_path=tmp_path / "soft-2.log").start()
+        stack["soft"] = make_worker(queues=("soft",), log_path=tmp_path / "soft-2.log", new_session=True)
 
         log.info("queued cancels done")
         # A worker killed in the middle of a job: another one takes over.
@@ -257,7 +224,7 @@ async def test_after_a_full_run_every_key_without_a_ttl_is_queued_work(stack, re
         hard.process.wait()
         for pid in horses:
             kill_quietly(pid)
-        stack["hard"] = SessionWorker(redis_url, queues=("hard",), log_path=tmp_path / "hard-2.log").start()
+        stack["hard"] = make_worker(queues=("hard",), log_path=tmp_path / "hard-2.log", new_session=True)
         end_after_kill = await inbox.final(killed["task_id"], timeout=90)
 
         log.info("killed worker done")
