@@ -107,7 +107,7 @@ class PatientClient:
             except (OSError, HTTPClientError, asyncio.TimeoutError):
                 if time.monotonic() > deadline:
                     raise
-                await asyncio.sleep(RECONNECT_PAUSE_S)
+                await asyncio.sleep(RECONNECT_PAUSE_S)  # between tries of a loop bounded by its deadline
         for task_id in sorted(self.pending):
             await self._write({"type": "result", "task_id": task_id})
         for ref, number in list(self.unacked.items()):

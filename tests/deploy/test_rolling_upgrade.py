@@ -22,7 +22,7 @@ import gmpy2
 
 import pytest
 
-from tests.conftest import ROOT, ServedApp
+from tests.conftest import ROOT
 from tests.deploy.haproxy import HAProxy, haproxy_binary
 from tests.deploy.patient_client import PatientClient
 from tests.helpers import async_wait_until, free_port
@@ -43,15 +43,15 @@ async def send_steadily(clients: list[PatientClient], stop: asyncio.Event) -> No
             return
         client = clients[turn % len(clients)]
         await client.ask(next(HARD) if turn % 3 else next(SOFT) % 1000 + 1)
-        await asyncio.sleep(PACE_S)
+        await asyncio.sleep(PACE_S)  # the steady pace of the load: part of the scenario
 
 
 @pytest.mark.slow
 @pytest.mark.gen_test(timeout=180)
 async def test_restarting_servers_one_by_one_behind_haproxy_answers_every_acknowledged_task_once(
-        redis_url, worker, tmp_path):
+        make_server, worker, tmp_path):
     ports = [free_port(), free_port()]
-    servers = [ServedApp(redis_url, port=port, web_processes=2, server_host="127.0.0.1").start() for port in ports]
+    servers = [make_server(port=port, web_processes=2, server_host="127.0.0.1") for port in ports]
     balancer = HAProxy(tmp_path, f"127.0.0.1:{free_port()}", [f"127.0.0.1:{port}" for port in ports]).start()
     clients: list[PatientClient] = []
     cli = None
@@ -79,11 +79,11 @@ async def test_restarting_servers_one_by_one_behind_haproxy_answers_every_acknow
             assert code == 0
             drained = time.monotonic() - began
             servers[index] = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: ServedApp(redis_url, port=ports[index], web_processes=2, server_host="127.0.0.1").start())
+                None, lambda: make_server(port=ports[index], web_processes=2, server_host="127.0.0.1"))
             await asyncio.get_running_loop().run_in_executor(None, balancer.wait_state, name, "UP")
             restarts.append((name, drained, time.monotonic() - began))
 
-        await asyncio.sleep(1)  # keep sending through the second new server a moment
+        await asyncio.sleep(1)  # a duration: the load goes on through the second new server a moment
         stop.set()
         await sender
         await async_wait_until(lambda: all(c.settled for c in clients), timeout=90,
@@ -110,5 +110,3 @@ async def test_restarting_servers_one_by_one_behind_haproxy_answers_every_acknow
         for client in clients:
             await client.stop()
         balancer.stop()
-        for server in servers:
-            server.stop()

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from jobs import keys
-from tests.conftest import ROOT, ServedApp, WorkerProcess
+from tests.conftest import ROOT, ServedApp
 from tests.helpers import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
@@ -98,7 +98,7 @@ def test_submitting_100000_shows_456574_digits_and_downloads_them(page, served_a
         shutil.copy(shot, ROOT / "docs" / "screenshot.png")
 
 
-def test_the_page_reconnects_after_a_restart_and_asks_again_for_every_pending_result(page, redis_url):
+def test_the_page_reconnects_after_a_restart_and_asks_again_for_every_pending_result(page, make_server, make_worker):
     sent, received = [], []
 
     def watch(ws):
@@ -107,56 +107,47 @@ def test_the_page_reconnects_after_a_restart_and_asks_again_for_every_pending_re
 
     page.on("websocket", watch)
     numbers = [7, 3000, 9]
-    server = ServedApp(redis_url).start()
-    worker = None
-    try:
-        page.goto(server.http_url + "/")
-        page.wait_for_selector('#connection[data-state="open"]')
-        for number in numbers:  # no worker yet: the jobs stay queued
-            submit(page, number)
-        for number in numbers:
-            job(page, number).and_(page.locator('[data-state="queued"]')).wait_for(timeout=10000)
-        task_ids = {m["task_id"] for m in received if m["type"] == "result"}
-        assert len(task_ids) == len(numbers)
+    server = make_server()
+    page.goto(server.http_url + "/")
+    page.wait_for_selector('#connection[data-state="open"]')
+    for number in numbers:  # no worker yet: the jobs stay queued
+        submit(page, number)
+    for number in numbers:
+        job(page, number).and_(page.locator('[data-state="queued"]')).wait_for(timeout=10000)
+    task_ids = {m["task_id"] for m in received if m["type"] == "result"}
+    assert len(task_ids) == len(numbers)
 
-        server.stop()
-        page.wait_for_selector('#connection[data-state="closed"]')
-        asked_before = len(sent)
-        server = ServedApp(redis_url, port=server.port).start()
-        worker = WorkerProcess(redis_url).start()
+    server.stop()
+    page.wait_for_selector('#connection[data-state="closed"]')
+    asked_before = len(sent)
+    server = make_server(port=server.port)
+    make_worker()
 
-        for number in numbers:
-            job(page, number).and_(page.locator('[data-state="done"]')).wait_for(timeout=30000)
-        assert job(page, 7).locator(".result").inner_text() == "5040"
-        assert job(page, 3000).locator(".digits").inner_text() == "9131 digits"
-        # Every pending job was looked up by its id, none asked for again by number.
-        again = sent[asked_before:]
-        assert {m["task_id"] for m in again if m["type"] == "result"} == task_ids
-        assert not [m for m in again if m["type"] == "factorial"]
-        # One entry and one final answer shown per job.
-        assert page.locator(".job").count() == len(numbers)
-        assert all(job(page, n).locator(".result").count() == 1 for n in numbers)
-    finally:
-        server.stop()
-        if worker:
-            worker.stop()
+    for number in numbers:
+        job(page, number).and_(page.locator('[data-state="done"]')).wait_for(timeout=30000)
+    assert job(page, 7).locator(".result").inner_text() == "5040"
+    assert job(page, 3000).locator(".digits").inner_text() == "9131 digits"
+    # Every pending job was looked up by its id, none asked for again by number.
+    again = sent[asked_before:]
+    assert {m["task_id"] for m in again if m["type"] == "result"} == task_ids
+    assert not [m for m in again if m["type"] == "factorial"]
+    # One entry and one final answer shown per job.
+    assert page.locator(".job").count() == len(numbers)
+    assert all(job(page, n).locator(".result").count() == 1 for n in numbers)
 
 
 @pytest.mark.slow
-def test_the_page_backs_off_while_the_server_is_down(page, redis_url):
+def test_the_page_backs_off_while_the_server_is_down(page, make_server):
     attempts = []
-    server = ServedApp(redis_url).start()
-    try:
-        page.goto(server.http_url + "/")
-        page.wait_for_selector('#connection[data-state="open"]')
-        page.on("websocket", lambda ws: attempts.append(time.monotonic()))
-        server.stop()
-        page.wait_for_selector('#connection[data-state="closed"]')
-        down_at = time.monotonic()
-        wait_until(lambda: time.monotonic() - down_at > 8 or page.wait_for_timeout(100), timeout=15,
-                   what="eight seconds of the server being down")
-    finally:
-        server.stop()
+    server = make_server()
+    page.goto(server.http_url + "/")
+    page.wait_for_selector('#connection[data-state="open"]')
+    page.on("websocket", lambda ws: attempts.append(time.monotonic()))
+    server.stop()
+    page.wait_for_selector('#connection[data-state="closed"]')
+    down_at = time.monotonic()
+    wait_until(lambda: time.monotonic() - down_at > 8 or page.wait_for_timeout(100), timeout=15,
+               what="eight seconds of the server being down")
     # Pauses of 0.25 s doubling up to 8 s, each cut by up to half at random:
     # 4 to 6 tries in 8 s, where a fixed 0.25 s pause would make about 30.
     assert 3 <= len(attempts) <= 7, attempts
@@ -166,45 +157,39 @@ def test_the_page_backs_off_while_the_server_is_down(page, redis_url):
     assert gaps[-1] > 1.0, gaps
 
 
-def test_copy_and_download_only_on_success_and_retry_where_it_helps(page, redis_url):
+def test_copy_and_download_only_on_success_and_retry_where_it_helps(page, make_server, make_worker):
     # A soft queue of one job: the first request fills it, the second is told busy.
-    server = ServedApp(redis_url, max_queue_length=1).start()
-    worker = None
-    try:
-        page.goto(server.http_url + "/")
-        page.wait_for_selector('#connection[data-state="open"]')
-        submit(page, 5)
-        queued = job(page, 5)
-        queued.and_(page.locator('[data-state="queued"]')).wait_for(timeout=10000)
-        assert not queued.locator(".copy").is_visible() and not queued.locator(".download").is_visible()
-        assert not queued.locator(".retry").is_visible()
+    server = make_server(max_queue_length=1)
+    page.goto(server.http_url + "/")
+    page.wait_for_selector('#connection[data-state="open"]')
+    submit(page, 5)
+    queued = job(page, 5)
+    queued.and_(page.locator('[data-state="queued"]')).wait_for(timeout=10000)
+    assert not queued.locator(".copy").is_visible() and not queued.locator(".download").is_visible()
+    assert not queued.locator(".retry").is_visible()
 
-        submit(page, 6)
-        busy = job(page, 6)
-        busy.and_(page.locator('[data-state="error"]')).wait_for(timeout=10000)
-        assert busy.locator(".result").inner_text().startswith("busy: ")
-        assert not busy.locator(".copy").is_visible() and not busy.locator(".download").is_visible()
-        assert busy.locator(".retry").is_visible()
+    submit(page, 6)
+    busy = job(page, 6)
+    busy.and_(page.locator('[data-state="error"]')).wait_for(timeout=10000)
+    assert busy.locator(".result").inner_text().startswith("busy: ")
+    assert not busy.locator(".copy").is_visible() and not busy.locator(".download").is_visible()
+    assert busy.locator(".retry").is_visible()
 
-        submit(page, 2000000)  # retrying cannot help: no Retry
-        too_large = job(page, 2000000)
-        too_large.and_(page.locator('[data-state="error"]')).wait_for(timeout=10000)
-        assert not too_large.locator(".retry").is_visible() and not too_large.locator(".download").is_visible()
+    submit(page, 2000000)  # retrying cannot help: no Retry
+    too_large = job(page, 2000000)
+    too_large.and_(page.locator('[data-state="error"]')).wait_for(timeout=10000)
+    assert not too_large.locator(".retry").is_visible() and not too_large.locator(".download").is_visible()
 
-        worker = WorkerProcess(redis_url).start()
-        queued.and_(page.locator('[data-state="done"]')).wait_for(timeout=20000)
-        assert queued.locator(".copy").is_visible() and queued.locator(".download").is_visible()
-        assert not queued.locator(".retry").is_visible()
+    make_worker()
+    queued.and_(page.locator('[data-state="done"]')).wait_for(timeout=20000)
+    assert queued.locator(".copy").is_visible() and queued.locator(".download").is_visible()
+    assert not queued.locator(".retry").is_visible()
 
-        busy.locator(".retry").click()
-        busy.and_(page.locator('[data-state="done"]')).wait_for(timeout=20000)
-        assert busy.locator(".result").inner_text() == "720"
-        assert busy.locator(".download").is_visible() and not busy.locator(".retry").is_visible()
-        assert page.locator(".job").count() == 3
-    finally:
-        server.stop()
-        if worker:
-            worker.stop()
+    busy.locator(".retry").click()
+    busy.and_(page.locator('[data-state="done"]')).wait_for(timeout=20000)
+    assert busy.locator(".result").inner_text() == "720"
+    assert busy.locator(".download").is_visible() and not busy.locator(".retry").is_visible()
+    assert page.locator(".job").count() == 3
 
 
 def test_the_page_has_an_icon(page, served_app):
@@ -237,28 +222,25 @@ def test_the_readme_console_snippet_prints_what_it_promises(page, served_app, wo
 
 
 def test_a_page_opened_with_an_api_key_connects_with_it_and_takes_it_off_the_address_bar(
-        browser, page, redis_url, worker):
-    server = ServedApp(redis_url, api_keys="alice:s3cret/+key", api_keys_required="true").start()
+        browser, page, make_server, worker):
+    server = make_server(api_keys="alice:s3cret/+key", api_keys_required="true")
+    page.goto(server.http_url + "/?n=1&api_key=s3cret%2F%2Bkey#top")
+    page.wait_for_selector('#connection[data-state="open"]')
+    # The key is gone from the address (and so from the history); the rest of it stays.
+    assert page.evaluate("location.href") == server.http_url + "/?n=1#top"
+    submit(page, 6)
+    job(page, 6).and_(page.locator('[data-state="done"]')).wait_for(timeout=15000)
+    assert job(page, 6).locator(".result").inner_text() == "720"
+    # The tab keeps the key: a reload connects again without it in the address.
+    page.reload()
+    page.wait_for_selector('#connection[data-state="open"]')
+    # Another tab without the key cannot connect.
+    stranger = browser.new_context().new_page()
     try:
-        page.goto(server.http_url + "/?n=1&api_key=s3cret%2F%2Bkey#top")
-        page.wait_for_selector('#connection[data-state="open"]')
-        # The key is gone from the address (and so from the history); the rest of it stays.
-        assert page.evaluate("location.href") == server.http_url + "/?n=1#top"
-        submit(page, 6)
-        job(page, 6).and_(page.locator('[data-state="done"]')).wait_for(timeout=15000)
-        assert job(page, 6).locator(".result").inner_text() == "720"
-        # The tab keeps the key: a reload connects again without it in the address.
-        page.reload()
-        page.wait_for_selector('#connection[data-state="open"]')
-        # Another tab without the key cannot connect.
-        stranger = browser.new_context().new_page()
-        try:
-            stranger.goto(server.http_url + "/")
-            stranger.wait_for_selector('#connection[data-state="closed"]', timeout=10000)  # refused with 401
-        finally:
-            stranger.context.close()
+        stranger.goto(server.http_url + "/")
+        stranger.wait_for_selector('#connection[data-state="closed"]', timeout=10000)  # refused with 401
     finally:
-        server.stop()
+        stranger.context.close()
 
 
 def lookup(server: ServedApp, task_id: str) -> dict:
@@ -273,10 +255,10 @@ def rq_status(redis_client, task_id: str) -> bytes | None:
 
 
 def test_cancel_stops_a_waiting_job_or_only_withdraws_this_page_when_another_waits(
-        browser, page, redis_url, redis_client):
+        browser, page, make_server, redis_client, make_worker):
     # Soft jobs run; hard ones (n > 1000) wait, as no worker serves their queue.
-    server = ServedApp(redis_url).start()
-    worker = WorkerProcess(redis_url, queues=("soft",)).start()
+    server = make_server()
+    make_worker(queues=("soft",))
     other = browser.new_context().new_page()
     try:
         page.goto(server.http_url + "/")
@@ -315,79 +297,65 @@ def test_cancel_stops_a_waiting_job_or_only_withdraws_this_page_when_another_wai
         assert job(other, 3002).locator(".cancel").is_visible()
     finally:
         other.context.close()
-        server.stop()
-        worker.stop()
 
 
-def test_cancelling_a_job_that_ended_meanwhile_shows_its_result(page, redis_url, redis_client):
+def test_cancelling_a_job_that_ended_meanwhile_shows_its_result(page, make_server, redis_client, make_worker):
     sent = []
     page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(json.loads(payload))))
-    server = ServedApp(redis_url).start()
-    worker = None
-    try:
-        page.goto(server.http_url + "/")
-        page.wait_for_selector('#connection[data-state="open"]')
-        submit(page, 3000)  # no worker yet: it stays queued
-        entry = job(page, 3000).and_(page.locator('[data-state="queued"]'))
+    server = make_server()
+    page.goto(server.http_url + "/")
+    page.wait_for_selector('#connection[data-state="open"]')
+    submit(page, 3000)  # no worker yet: it stays queued
+    entry = job(page, 3000).and_(page.locator('[data-state="queued"]'))
+    entry.wait_for(timeout=10000)
+    task_id = entry.get_attribute("data-task-id")
+    # While the page is cut off from the server, the job ends; then Cancel is pressed.
+    server.stop()
+    page.wait_for_selector('#connection[data-state="closed"]')
+    make_worker(queues=("hard",))
+    wait_until(lambda: rq_status(redis_client, task_id) == b"finished", timeout=30, what="3000! to end")
+    job(page, 3000).locator(".cancel").click()
+    assert job(page, 3000).get_attribute("data-state") == "cancelling"
+    assert job(page, 3000).locator(".cancel").is_hidden()
+
+    server = make_server(port=server.port)  # the cancel goes on reconnect: "ended"
+    job(page, 3000).and_(page.locator('[data-state="done"]')).wait_for(timeout=30000)
+    assert job(page, 3000).locator(".digits").inner_text() == "9131 digits"
+    about_it = [m["type"] for m in sent if m.get("task_id") == task_id]
+    assert about_it[-2:] == ["cancel", "result"], about_it
+
+
+def test_a_reload_looks_the_waiting_jobs_up_again_by_task_id(page, make_server, make_worker):
+    sent = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(json.loads(payload))))
+    server = make_server()
+    page.goto(server.http_url + "/")
+    page.wait_for_selector('#connection[data-state="open"]')
+    for number in (7, 3000):  # no worker yet: both stay queued
+        submit(page, number)
+    task_ids = {}
+    for number in (7, 3000):
+        entry = job(page, number).and_(page.locator('[data-state="queued"]'))
         entry.wait_for(timeout=10000)
-        task_id = entry.get_attribute("data-task-id")
-        # While the page is cut off from the server, the job ends; then Cancel is pressed.
-        server.stop()
-        page.wait_for_selector('#connection[data-state="closed"]')
-        worker = WorkerProcess(redis_url, queues=("hard",)).start()
-        wait_until(lambda: rq_status(redis_client, task_id) == b"finished", timeout=30, what="3000! to end")
-        job(page, 3000).locator(".cancel").click()
-        assert job(page, 3000).get_attribute("data-state") == "cancelling"
-        assert job(page, 3000).locator(".cancel").is_hidden()
+        task_ids[number] = entry.get_attribute("data-task-id")
+    asked_before = len(sent)
 
-        server = ServedApp(redis_url, port=server.port).start()  # the cancel goes on reconnect: "ended"
-        job(page, 3000).and_(page.locator('[data-state="done"]')).wait_for(timeout=30000)
-        assert job(page, 3000).locator(".digits").inner_text() == "9131 digits"
-        about_it = [m["type"] for m in sent if m.get("task_id") == task_id]
-        assert about_it[-2:] == ["cancel", "result"], about_it
-    finally:
-        server.stop()
-        if worker:
-            worker.stop()
+    page.reload()
+    page.wait_for_selector('#connection[data-state="open"]')
+    for number in (7, 3000):  # listed again, newest on top, and waiting
+        job(page, number).and_(page.locator('[data-state="queued"]')).wait_for(timeout=10000)
+    assert [n.inner_text() for n in page.locator(".job .n").all()] == ["3000!", "7!"]
+    again = sent[asked_before:]
+    assert sorted(m["task_id"] for m in again if m["type"] == "result") == sorted(task_ids.values())
+    assert not [m for m in again if m["type"] == "factorial"]
 
-
-def test_a_reload_looks_the_waiting_jobs_up_again_by_task_id(page, redis_url):
-    sent = []
-    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(json.loads(payload))))
-    server = ServedApp(redis_url).start()
-    worker = None
-    try:
-        page.goto(server.http_url + "/")
-        page.wait_for_selector('#connection[data-state="open"]')
-        for number in (7, 3000):  # no worker yet: both stay queued
-            submit(page, number)
-        task_ids = {}
-        for number in (7, 3000):
-            entry = job(page, number).and_(page.locator('[data-state="queued"]'))
-            entry.wait_for(timeout=10000)
-            task_ids[number] = entry.get_attribute("data-task-id")
-        asked_before = len(sent)
-
-        page.reload()
-        page.wait_for_selector('#connection[data-state="open"]')
-        for number in (7, 3000):  # listed again, newest on top, and waiting
-            job(page, number).and_(page.locator('[data-state="queued"]')).wait_for(timeout=10000)
-        assert [n.inner_text() for n in page.locator(".job .n").all()] == ["3000!", "7!"]
-        again = sent[asked_before:]
-        assert sorted(m["task_id"] for m in again if m["type"] == "result") == sorted(task_ids.values())
-        assert not [m for m in again if m["type"] == "factorial"]
-
-        worker = WorkerProcess(redis_url).start()
-        for number in (7, 3000):
-            job(page, number).and_(page.locator('[data-state="done"]')).wait_for(timeout=30000)
-        assert job(page, 7).locator(".result").inner_text() == "5040"
-        assert job(page, 3000).locator(".digits").inner_text() == "9131 digits"
-        # Ended jobs are not kept: a reload after that looks nothing up.
-        asked_before = len(sent)
-        page.reload()
-        page.wait_for_selector('#connection[data-state="open"]')
-        assert page.locator(".job").count() == 0 and sent[asked_before:] == []
-    finally:
-        server.stop()
-        if worker:
-            worker.stop()
+    make_worker()
+    for number in (7, 3000):
+        job(page, number).and_(page.locator('[data-state="done"]')).wait_for(timeout=30000)
+    assert job(page, 7).locator(".result").inner_text() == "5040"
+    assert job(page, 3000).locator(".digits").inner_text() == "9131 digits"
+    # Ended jobs are not kept: a reload after that looks nothing up.
+    asked_before = len(sent)
+    page.reload()
+    page.wait_for_selector('#connection[data-state="open"]')
+    assert page.locator(".job").count() == 0 and sent[asked_before:] == []
