@@ -107,7 +107,7 @@ class Lab:
                     pass
             deadline = time.monotonic() + 10
             while host.pids() and time.monotonic() < deadline:
-                time.sleep(0.05)
+                time.sleep(0.05)  # polling in a cleanup loop bounded by its deadline (not a test's condition)
             for process in host.processes:
                 try:
                     process.wait(5)

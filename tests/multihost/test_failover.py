@@ -56,7 +56,7 @@ async def send_steadily(clients: list[PatientClient], stop: asyncio.Event) -> No
         if stop.is_set():
             return
         await clients[turn % len(clients)].ask(next(HARD) if turn % 3 else next(SOFT) % 1000 + 1)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the steady pace of the load: part of the scenario
 
 
 @dataclass

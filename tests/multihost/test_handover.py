@@ -149,7 +149,7 @@ async def test_a_server_cut_off_from_redis_hands_its_clients_over_within_6_s(tmp
             return {}
 
         async def health_during_cut():
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(2.0)  # a duration: /healthz is asked 2 s into the cut, not when something happens
             return await loop.run_in_executor(None, healthz_seconds, web1)
 
         health = asyncio.ensure_future(health_during_cut())
@@ -157,7 +157,7 @@ async def test_a_server_cut_off_from_redis_hands_its_clients_over_within_6_s(tmp
                                    heal=lambda: iptables(web1, "-D", stack.redis_hosts))
         status, took = await health
         print(f"web-1 /healthz during the cut: {status} in {took:.3f} s")
-        assert status == 503 and took < 1.0
+        assert status == 503 and took < 1.0  # the contract is 0.8 s whatever Redis does; 0.2 s of slack
         assert figures["reconnects"] >= 1, "no client was handed over"
         assert figures["longest_wait_s"] <= CUT_OFF_BOUND_S, figures
         assert [p for c in stack.clients for p in c.wrong_answers()] == []

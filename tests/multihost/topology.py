@@ -210,5 +210,5 @@ async def send_steadily(clients: list[PatientClient], stop: asyncio.Event, pace_
         if stop.is_set():
             return
         await clients[turn % len(clients)].ask(next(HARD) if turn % 3 else next(SOFT) % 1000 + 1)
-        await asyncio.sleep(pace_s)
+        await asyncio.sleep(pace_s)  # the steady pace of the load: part of the scenario
 
