@@ -209,9 +209,8 @@ def test_keys_keep_every_character_of_the_environment():
 # --- end to end ----------------------------------------------------------------------
 
 @pytest.fixture
-def settings(redis_url):
-    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2,
-                    trusted_proxies=("127.0.0.1",), api_keys=(f"alice:{KEY}",))
+def settings(make_settings):
+    return make_settings(trusted_proxies=("127.0.0.1",), api_keys=(f"alice:{KEY}",))
 
 
 @pytest.mark.gen_test(timeout=30)

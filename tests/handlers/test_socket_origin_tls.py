@@ -24,8 +24,8 @@ ALLOWED = "https://app.example.com"
 
 
 @pytest.fixture
-def settings(redis_url):
-    return Settings(redis_url=redis_url, delivery_wait_ms=20, sweep_interval_s=0.2, allowed_origins=(ALLOWED,))
+def settings(make_settings):
+    return make_settings(allowed_origins=(ALLOWED,))
 
 
 # --- origins ------------------------------------------------------------------------
@@ -108,9 +108,9 @@ def certificate(tmp_path):
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_wss_works_with_the_configured_certificate(redis_url, worker, certificate, io_loop):
+async def test_wss_works_with_the_configured_certificate(make_settings, worker, certificate, io_loop):
     cert, key = certificate
-    settings = Settings(redis_url=redis_url, delivery_wait_ms=20, tls_certfile=str(cert), tls_keyfile=str(key))
+    settings = make_settings(tls_certfile=str(cert), tls_keyfile=str(key))
     app = make_app(settings)
     server = HTTPServer(app, ssl_options=ssl_context(settings))
     port = free_port()
