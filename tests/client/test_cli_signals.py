@@ -177,7 +177,8 @@ def test_a_second_ctrl_c_exits_at_once(server, frozen, clients):
     client.wait_for("stopping: cancelling 1 job(s)", timeout=STOP_WITHIN_S)
     took = client.signal(signal.SIGINT)
     assert client.process.returncode == 130, client.stderr_text
-    assert took < 0.5, took
+    # "At once": not the 1.2 s it would wait for the cancel's answer; the rest is a loaded machine's slack.
+    assert took < 1.0, took
     assert "stopped again: exiting without waiting for the cancels' answers\n" in client.stderr
 
 
