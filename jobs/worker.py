@@ -232,10 +232,15 @@ class LaneWorker(Worker):
                 return self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer), queue
             except NoSuchJobError:
                 self.connection.lrem(taken, 0, job_id)  # deleted while it waited: nothing to run
-            except Exception:
-                # Unreadable: dropped, as RQ's own dequeue drops it (the error ends the worker).
+            except Exception as exc:
+                # Unreadable: dropped, as RQ's own dequeue drops it. An outage goes on to the wait
+                # for a job, which rides it out; a hash the service did not write does not end the
+                # worker (RQ's dequeue would), which goes on to the next job.
                 self.connection.lrem(taken, 0, job_id)
-                raise
+                if isinstance(exc, OUTAGE_ERRORS):
+                    raise
+                self.log.warning("Job %s cannot be read (%s: %s); dropped, not run", job_id,
+                                 type(exc).__name__, exc)
 
     def _put_back_taken(self) -> None:
         for raw in self.connection.lrange(lifecycle.taken_key(self.name), 0, -1):

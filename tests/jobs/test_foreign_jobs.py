@@ -20,7 +20,7 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import resolve_serializer
 from rq.utils import utcformat
 
-from jobs import keys, rq_schema, runnable
+from jobs import keys, lifecycle, rq_schema, runnable
 from jobs.lifecycle import FIELDS
 from jobs.store import BATCH_JOB, FACTORIAL_JOB, JobStore
 from settings import Settings
@@ -61,6 +61,17 @@ def assert_failed_through_the_lifecycle(redis_client, queue: str, job_id: str, m
     assert 0 < redis_client.ttl(key)  # kept as long as any failure, then gone
 
 
+def logged(log, *words: str) -> list[str]:
+    """The lines of the worker's log holding every one of ``words``, once there is one (its output may lag)."""
+    return wait_until(lambda: [line for line in log.read_text().splitlines() if all(w in line for w in words)],
+                      timeout=5, what=f"a log line with {words}")
+
+
+def worker_name(redis_client) -> str:
+    [key] = redis_client.smembers("rq:workers")
+    return key.decode().removeprefix("rq:worker:")
+
+
 def a_real_factorial_finishes(redis_client, redis_url, number: int) -> None:
     store = JobStore(redis_client, Settings(redis_url=redis_url))
     task_id = store.submit([number])[number].task_id
@@ -81,7 +92,7 @@ def test_a_job_naming_a_foreign_function_is_failed_unrun_and_the_worker_runs_the
     a_real_factorial_finishes(redis_client, redis_url, 7 if queue == "soft" else 3000)
     assert not marker.exists()
     assert worker.process.poll() is None
-    refused = [line for line in log.read_text().splitlines() if "refused, not run" in line]
+    refused = logged(log, "refused, not run")
     assert len(refused) == 1 and job_id in refused[0] and "'os.system'" in refused[0], refused
 
 
@@ -99,7 +110,7 @@ def test_a_job_whose_data_is_a_pickle_is_failed_without_unpickling_it(
     a_real_factorial_finishes(redis_client, redis_url, 8 if queue == "soft" else 3001)
     assert not marker.exists()
     assert worker.process.poll() is None
-    assert any(job_id in line and "not the service's JSON" in line for line in log.read_text().splitlines())
+    assert logged(log, job_id, "refused, not run", "not the service's JSON")
 
 
 def test_a_job_naming_a_foreign_failure_callback_is_refused(redis_client, make_worker):
@@ -182,3 +193,18 @@ def test_a_service_job_that_raises_still_ends_through_its_failure_callback_and_m
     wait_until(lambda: redis_client.hget(key, FIELDS["state"]) == b"failed", timeout=15, what="the job to fail")
     assert redis_client.hget(key, FIELDS["text"]).startswith(b"the job failed: TypeError")  # events.on_failure's
     assert Job.fetch(job.id, connection=redis_client, serializer=rq_schema.SERIALIZER).meta == {"asked_by": ["a", 1]}
+
+
+def test_a_job_hash_rq_cannot_read_is_dropped_and_the_worker_runs_the_next(
+        redis_client, redis_url, make_worker, tmp_path):
+    log = tmp_path / "worker.log"
+    worker = make_worker(queues=("soft",), log_path=log)
+    write_job(redis_client, "soft", "garbled", rq_schema.SERIALIZER.dumps([FACTORIAL_JOB, None, [5], {}]))
+    redis_client.hset(rq_schema.JOB_PREFIX + "garbled", "result_ttl", "not a number")
+
+    assert logged(log, "garbled", "cannot be read")
+    assert redis_client.llen(rq_schema.queue_key("soft")) == 0
+    assert redis_client.llen(lifecycle.taken_key(worker_name(redis_client))) == 0
+    # Submitted once the queue is empty: with no server here, nothing else would dispatch it.
+    a_real_factorial_finishes(redis_client, redis_url, 9)
+    assert worker.process.poll() is None
