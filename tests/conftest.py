@@ -120,10 +120,8 @@ def redis_client(redis_url):
 
 
 @pytest.fixture
-def worker(redis_url):
-    process = WorkerProcess(redis_url).start()
-    yield process
-    process.stop()
+def worker(make_worker):
+    return make_worker()
 
 
 @pytest.fixture
@@ -230,10 +228,8 @@ class ServedApp:
 
 
 @pytest.fixture
-def served_app(redis_url):
-    server = ServedApp(redis_url).start()
-    yield server
-    server.stop()
+def served_app(make_server):
+    return make_server()
 
 
 @pytest.fixture
