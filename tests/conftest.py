@@ -258,9 +258,9 @@ def pytest_configure(config):
 # test module): a test that uses one, even through another fixture, is ``integration``.
 INTEGRATION_FIXTURES = frozenset({
     "redis_server", "redis_url", "redis_client", "own_redis", "primary_and_replica", "secure_redis",
-    "redis_with_password", "sentinel", "worker", "workers", "lane_worker", "start_worker",
-    "app", "http_server", "ws_url", "served_app", "server", "servers", "server_process", "serve",
-    "start_server", "budget_server", "flooding_port", "plain_tornado_url", "scripted_url",
+    "redis_with_password", "sentinel", "worker", "workers", "lane_worker",
+    "app", "http_server", "ws_url", "served_app", "server", "servers",
+    "flooding_port", "plain_tornado_url", "scripted_url",
     "stack", "honcho", "dashboard", "browser", "page", "certificate", "clients", "frozen",
     "make_worker", "make_server", "make_settings",
 })
