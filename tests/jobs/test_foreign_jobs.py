@@ -37,12 +37,13 @@ class TouchOnUnpickling:
         return os.system, (f"touch {self.path}",)
 
 
-def write_job(redis_client, queue: str, job_id: str, data: bytes) -> None:
-    """A job as RQ stores one, written field by field and pushed on its queue, as anyone with write access could."""
+def write_job(redis_client, queue: str, job_id: str, data: bytes, **fields) -> None:
+    """A job as RQ stores one, written field by field (``fields`` too) and pushed on its queue, as anyone with
+    write access could."""
     stamp = utcformat(datetime.now(timezone.utc))
     redis_client.hset(rq_schema.JOB_PREFIX + job_id, mapping={
         "data": zlib.compress(data), "origin": queue, "status": JobStatus.QUEUED.value,
-        "created_at": stamp, "enqueued_at": stamp, "description": "not the service's", "timeout": 60})
+        "created_at": stamp, "enqueued_at": stamp, "description": "not the service's", "timeout": 60, **fields})
     redis_client.rpush(rq_schema.queue_key(queue), job_id)
 
 
@@ -115,8 +116,8 @@ def test_a_job_whose_data_is_a_pickle_is_failed_without_unpickling_it(
 
 def test_a_job_naming_a_foreign_failure_callback_is_refused(redis_client, make_worker):
     make_worker(queues=("soft",))
-    write_job(redis_client, "soft", "callback", rq_schema.SERIALIZER.dumps([FACTORIAL_JOB, None, [-1], {}]))
-    redis_client.hset(rq_schema.JOB_PREFIX + "callback", "failure_callback_name", "os.system")
+    write_job(redis_client, "soft", "callback", rq_schema.SERIALIZER.dumps([FACTORIAL_JOB, None, [-1], {}]),
+              failure_callback_name="os.system")
 
     assert_failed_through_the_lifecycle(redis_client, "soft", "callback")
 
@@ -126,9 +127,7 @@ def test_a_job_naming_a_foreign_failure_callback_is_refused(redis_client, make_w
 
 def job_from(redis_client, data: bytes, **fields) -> Job:
     redis_client.delete(rq_schema.JOB_PREFIX + "model")
-    write_job(redis_client, "soft", "model", data)
-    if fields:
-        redis_client.hset(rq_schema.JOB_PREFIX + "model", mapping=fields)
+    write_job(redis_client, "soft", "model", data, **fields)
     return Job.fetch("model", connection=redis_client, serializer=rq_schema.SERIALIZER)
 
 
@@ -199,8 +198,8 @@ def test_a_job_hash_rq_cannot_read_is_dropped_and_the_worker_runs_the_next(
         redis_client, redis_url, make_worker, tmp_path):
     log = tmp_path / "worker.log"
     worker = make_worker(queues=("soft",), log_path=log)
-    write_job(redis_client, "soft", "garbled", rq_schema.SERIALIZER.dumps([FACTORIAL_JOB, None, [5], {}]))
-    redis_client.hset(rq_schema.JOB_PREFIX + "garbled", "result_ttl", "not a number")
+    write_job(redis_client, "soft", "garbled", rq_schema.SERIALIZER.dumps([FACTORIAL_JOB, None, [5], {}]),
+              result_ttl="not a number")
 
     assert logged(log, "garbled", "cannot be read")
     assert redis_client.llen(rq_schema.queue_key("soft")) == 0
