@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
+import rq_dashboard
+
 from jobs.connection import client_options, sentinel_list, url_with_ca
 from settings import Settings
+from stack import dashboard_guard
 from stack.dashboard_json import read_jobs_as_json
 
 # rq-dashboard imports this module before it serves: from then on the process reads no pickle.
@@ -18,6 +21,9 @@ read_jobs_as_json()
 
 _settings = Settings.from_env()
 _client = client_options(_settings)
+# Before rq-dashboard registers its blueprint (it imports this module first): every request
+# is checked against other sites' (stack/dashboard_guard.py).
+dashboard_guard.install(rq_dashboard.blueprint, _settings.rq_dashboard_bind)
 
 RQ_DASHBOARD_REDIS_PASSWORD = _client.get("password")
 if _settings.redis_sentinels:

@@ -1,11 +1,13 @@
 """The Procfile's rq-dashboard, run as the Procfile runs it, shows the queues and the worker."""
 
+import http.client
 import json
 import os
 import pickle
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -131,3 +133,42 @@ def test_the_dashboards_default_serializer_is_the_one_its_config_module_makes_js
     done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0 and done.stdout.strip() == "refused", done.stderr
+
+
+def _status(method: str, url: str, headers: dict) -> int:
+    """The status of one request sent with exactly these headers (a Host of another name too)."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+    try:
+        connection.request(method, parts.path, headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_the_dashboard_refuses_what_another_site_makes_a_browser_send(redis_url, redis_client, dashboard):
+    """Emptying a queue from another site's page (CSRF), or through a name of another site that resolves to
+    127.0.0.1 (DNS rebinding), is refused with 403 and empties nothing; the dashboard's own page and a script
+    still can (stack/dashboard_guard.py)."""
+    redis_client.flushdb()
+    store = JobStore(redis_client, Settings(redis_url=redis_url))
+    store.submit(list(range(42_000, 42_003)), ["one"] * 3)
+    hard_count = lambda: {q["name"]: q for q in fetch_json(dashboard + "/0/data/queues.json")["queues"]}["hard"]["count"]
+    assert hard_count() == 1
+    empty = dashboard + "/queue/hard/queued/empty"
+    host = {"Host": dashboard.removeprefix("http://")}
+
+    assert _status("POST", empty, {**host, "Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}) == 403
+    assert _status("POST", empty, {**host, "Origin": "null"}) == 403  # a sandboxed frame, a form from a file
+    assert _status("POST", empty, {**host, "Sec-Fetch-Site": "same-site"}) == 403  # another port or subdomain
+    assert _status("POST", empty, {"Host": "evil.example:9181", "Origin": "http://evil.example:9181",
+                                   "Sec-Fetch-Site": "same-origin"}) == 403
+    assert _status("GET", dashboard + "/requeue/hard", {**host, "Sec-Fetch-Site": "cross-site"}) == 403
+    assert _status("GET", dashboard + "/0/data/queues.json", {"Host": "rebound.example"}) == 403
+    assert hard_count() == 1  # nothing was emptied
+
+    # Browsing to the dashboard from a link elsewhere still shows it.
+    assert _status("GET", dashboard + "/", {**host, "Sec-Fetch-Site": "cross-site"}) == 200
+    # The dashboard's own page, as a browser sends it, may empty the queue.
+    assert _status("POST", empty, {**host, "Origin": dashboard, "Sec-Fetch-Site": "same-origin"}) == 200
+    wait_until(lambda: hard_count() == 0, timeout=10, what="the queue emptied by the dashboard's own request")
