@@ -334,6 +334,10 @@ def _read_password(path: Path) -> str:
         raise SettingsError(f"REDIS_PASSWORD_FILE={str(path)!r} cannot be read ({err})") from None
     if not password:
         raise SettingsError(f"REDIS_PASSWORD_FILE={str(path)!r} is empty: delete it to have a password made")
+    # As ssh does with a private key: a password others can read is no longer only ours.
+    if os.stat(path).st_mode & 0o077:
+        raise SettingsError(f"REDIS_PASSWORD_FILE={str(path)!r} can be read by other users: "
+                            f"make it the owner's only (chmod 600), or delete it to have a new one made")
     return password
 
 

@@ -140,8 +140,21 @@ def test_processes_starting_together_all_get_the_same_password(tmp_path):
 def test_a_password_file_written_by_hand_is_used_quoted(tmp_path):
     password_file = tmp_path / "redis-password"
     password_file.write_text("p@ss word/1\n")
+    password_file.chmod(0o600)
     url = Settings.from_env({"REDIS_PASSWORD_FILE": str(password_file)}).redis_url
     assert url == "redis://:p%40ss%20word%2F1@127.0.0.1:6379/0"
+
+
+def test_a_password_file_others_can_read_is_a_start_up_error(tmp_path):
+    password_file = tmp_path / "redis-password"
+    password_file.write_text("s3cret\n")
+    for mode in (0o640, 0o604):
+        password_file.chmod(mode)
+        with pytest.raises(SettingsError, match="can be read by other users") as refused:
+            Settings.from_env({"REDIS_PASSWORD_FILE": str(password_file)})
+        assert "s3cret" not in str(refused.value)
+    password_file.chmod(0o600)
+    assert Settings.from_env({"REDIS_PASSWORD_FILE": str(password_file)}).redis_url.endswith("@127.0.0.1:6379/0")
 
 
 def test_an_empty_password_file_is_a_start_up_error(tmp_path):
