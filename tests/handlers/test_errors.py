@@ -40,10 +40,10 @@ async def test_http_errors_are_json_with_the_protocols_code_and_result(
 @pytest.mark.gen_test(timeout=30)
 async def test_a_handler_that_fails_answers_500_internal_error_without_its_traceback(
         http_client, base_url, app, redis_url):
-    def broken(task_id):
+    def broken(*args, **kwargs):
         raise RuntimeError("a bug, with a secret in its message")
 
-    app.context.jobs.lookup = broken
+    app.context.jobs.request_lookup = broken
     response = await fetch(http_client, base_url, "/api/tasks/0123456789abcdef0123456789abcdef")
     assert response.code == 500
     error = protocol_error(response)
