@@ -106,6 +106,10 @@ class Settings:
     hard_timeout_s: int = 60
     result_ttl_s: int = 3600
     failure_ttl_s: int = 3600
+    # How long a job stopped by a cancel (or abandoned) is kept, so that a lookup
+    # says `cancelled`: shorter than a failure's, since a client can stop one
+    # job per two requests, and each leaves about 750 bytes in Redis this long.
+    cancelled_ttl_s: int = 300
     # Runs a job gets in all when its worker is lost to a fault outside the job
     # (killed, paused past its lease, cut off from Redis); after the last one
     # it fails with job_failed (jobs/lifecycle.py).
@@ -194,6 +198,9 @@ class Settings:
             )
         if self.job_max_attempts < 1:
             raise SettingsError(f"JOB_MAX_ATTEMPTS={self.job_max_attempts} must be at least 1")
+        for name in ("result_ttl_s", "failure_ttl_s", "cancelled_ttl_s"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.upper()}={getattr(self, name)} must be at least 1 (seconds)")
         if self.queued_jobs_per_worker < 1:
             raise SettingsError(f"QUEUED_JOBS_PER_WORKER={self.queued_jobs_per_worker} must be at least 1")
         if self.soft_batch_size < 1:

@@ -99,7 +99,7 @@ class JobStore:
     def _cancel_spec(self, server_id: str, others_here: bool, holder: str) -> dict:
         return {
             "server": server_id, "others_here": others_here, "holder": holder,
-            "ttl": self.settings.failure_ttl_s,
+            "ttl": self.settings.cancelled_ttl_s,  # how long a stopped job reads as cancelled
             "prefix": {"payload": keys.payload(""), "task_job": keys.task_job(""),
                        "batch": keys.batch_members(""), "cancelled": keys.cancelled(""), "waits": keys.waits_of(""),
                        "holders": keys.http_holders("")},

@@ -72,7 +72,7 @@ local function cancel_task(spec, task_id)
     if not lc_move(job_key, LC.state.CANCELLED) then
         return {LC.outcome.ENDED, ''}
     end
-    -- A stopped job is kept only as long as a failure (no key without a TTL).
+    -- A stopped job reads as cancelled for CANCELLED_TTL_S, then goes (no key without a TTL).
     lc_settle(job_id, {task_id}, spec.ttl)
     if state == LC.state.STARTED then
         return {LC.outcome.STOP, job_id, worker}

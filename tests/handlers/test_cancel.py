@@ -132,3 +132,25 @@ async def test_delete_over_http_cancels_a_task(http_client, base_url, redis_clie
     assert json.loads(looked_up.body)["code"] == "cancelled"
     unknown = await http_client.fetch(f"{base_url}/api/tasks/{UNKNOWN}", method="DELETE", raise_error=False)
     assert unknown.code == 404 and json.loads(unknown.body)["code"] == "unknown_task_id"
+
+
+@pytest.mark.parametrize("settings", [{"cancelled_ttl_s": 2}], indirect=True)
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stopped_job_reads_as_cancelled_for_cancelled_ttl_s_then_is_gone_from_redis(ws_url, redis_client,
+                                                                                          settings):
+    # A client can stop a job with every two requests: what each stop leaves in Redis lasts
+    # CANCELLED_TTL_S, not the hour of FAILURE_TTL_S.
+    assert settings.failure_ttl_s >= 3600
+    client = await Client.connect(ws_url)
+    task_id = (await client.ask({"type": "factorial", "number": 40_001}))["task_id"]
+    assert (await client.ask({"type": "cancel", "task_id": task_id}))["job"] == "stopped"
+    left = [key for key in redis_client.scan_iter(match=f"*{task_id}*")]
+    assert left and all(0 < redis_client.ttl(key) <= 2 for key in left), {k: redis_client.ttl(k) for k in left}
+    assert (await client.ask({"type": "result", "task_id": task_id}))["code"] == "cancelled"
+
+    async def gone() -> bool:
+        return (await client.ask({"type": "result", "task_id": task_id}))["code"] == "unknown_task_id"
+
+    await async_wait_until(gone, timeout=10, what="the stopped job to expire")
+    assert not list(redis_client.scan_iter(match=f"*{task_id}*"))
+    client.close()
