@@ -190,14 +190,18 @@ async def test_after_a_full_run_every_key_without_a_ttl_is_queued_work(stack, ma
         assert answer["type"] == "cancelled" and answer["job"] == "stopped", answer
 
         log.info("running cancel done")
-        # Queued jobs cancelled over WebSocket and HTTP, then 300 POST + DELETE
-        # cycles, soft and hard: the hard worker is busy with another long job,
-        # and the soft worker is gone (killed while idle), so they all wait.
-        # (Not a running soft job: the soft worker runs it in-process, and RQ's
-        # stop-job command then kills the worker's whole process group.)
+        # A running hard job cancelled over HTTP; its horse is stopped before the worker goes.
         busy = await post(LONG - 1)
         await until_status(redis_client, busy["task_id"], {b"started"})
+        assert (await delete(busy["task_id"]))["job"] == "stopped"
+        await until_status(redis_client, busy["task_id"], {b"stopped", b"failed", b"canceled"})
+        # Queued jobs cancelled over WebSocket and HTTP, then 300 POST + DELETE
+        # cycles, soft and hard, with both workers gone (killed while idle), so
+        # they all wait however long the cycles take. (Not a running soft job:
+        # the soft worker runs it in-process, and RQ's stop-job command then
+        # kills the worker's whole process group.)
         stack["soft"].stop()
+        stack["hard"].stop()
         queued = await inbox.ask({"type": "factorial", "number": 600_001})
         assert queued["status"] == "queued", queued
         answer = await inbox.ask({"type": "cancel", "task_id": queued["task_id"]})
@@ -210,9 +214,8 @@ async def test_after_a_full_run_every_key_without_a_ttl_is_queued_work(stack, ma
             outcomes[(await delete((await post(number))["task_id"]))["job"]] += 1
         assert outcomes == {"stopped": CYCLES}, outcomes
         log.info("cycles done")
-        # The running one, over HTTP.
-        assert (await delete(busy["task_id"]))["job"] == "stopped"
         stack["soft"] = make_worker(queues=("soft",), log_path=tmp_path / "soft-2.log", new_session=True)
+        stack["hard"] = make_worker(queues=("hard",), log_path=tmp_path / "hard-2.log", new_session=True)
 
         log.info("queued cancels done")
         # A worker killed in the middle of a job: another one takes over.
@@ -224,7 +227,7 @@ async def test_after_a_full_run_every_key_without_a_ttl_is_queued_work(stack, ma
         hard.process.wait()
         for pid in horses:
             kill_quietly(pid)
-        stack["hard"] = make_worker(queues=("hard",), log_path=tmp_path / "hard-2.log", new_session=True)
+        stack["hard"] = make_worker(queues=("hard",), log_path=tmp_path / "hard-3.log", new_session=True)
         end_after_kill = await inbox.final(killed["task_id"], timeout=90)
 
         log.info("killed worker done")
