@@ -9,31 +9,18 @@ foreign cancel stopped the normal client's jobs, and nothing made it fail.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.bench import run_bench
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_short_abuse_soak_runs_and_no_foreign_cancel_stops_the_normal_clients_jobs(tmp_path):
     out = tmp_path / "abuse.json"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench", "-s", "abuse", "--minutes", "0.25", "--every", "3", "--json", str(out)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    assert process.returncode == 0, stderr[-3000:]
+    code, stdout, stderr = run_bench("-s", "abuse", "--minutes", "0.25", "--every", "3", "--json", str(out), timeout=120)
+    assert code == 0, stderr[-3000:]
     report = json.loads(out.read_text())
     samples = report["samples"]
     assert len(samples) >= 4

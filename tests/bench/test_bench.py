@@ -9,14 +9,12 @@ look up on another) holds, and that its results stay out of the tracked tree.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 
 import pytest
 
 from bench.__main__ import RESULTS
+from tests.bench import run_bench
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -24,18 +22,8 @@ pytestmark = pytest.mark.slow
 
 def test_quick_benchmark_runs_and_every_answer_is_exact(tmp_path):
     out = tmp_path / "bench.json"
-    # Its own session, so a hung run can be stopped with everything it started.
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    assert process.returncode == 0, stderr[-3000:]
+    code, stdout, stderr = run_bench("--quick", "--json", str(out), timeout=180)
+    assert code == 0, stderr[-3000:]
     report = json.loads(out.read_text())
     rows = {(r["scenario"], r["measure"]): r for r in report["rows"]}
     scenarios = {scenario for scenario, _ in rows}

@@ -23,6 +23,7 @@ from jobs import keys
 from stack.redis import server_binary, server_command
 from tests.conftest import ROOT
 from tests.helpers import free_port, stop_process, wait_until
+from tests.stack.test_procfile import _processes_with
 
 SECRET = "s3cret-pw"
 
@@ -77,17 +78,6 @@ def honcho(tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
-
-
-def _processes_with(variable: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and variable.encode() in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def _lane_workers(client: Redis) -> dict[str, dict]:
