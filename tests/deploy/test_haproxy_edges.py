@@ -1,14 +1,17 @@
-"""Behind a real HAProxy running deploy/haproxy.cfg: its log holds no API key, and a client cannot
-forge its identity through either REAL_IP_HEADER rule."""
+"""Behind a real HAProxy running deploy/haproxy.cfg: its log holds no API key, a client cannot
+forge its identity through either REAL_IP_HEADER rule, and what HAProxy answers itself is the
+service's error message."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from urllib.parse import quote
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from tests.conftest import ROOT
 from tests.deploy.haproxy import HAProxy, haproxy_binary
 from tests.helpers import Client, async_wait_until, free_port
 
@@ -95,3 +98,59 @@ async def test_forged_headers_through_haproxy_do_not_change_who_a_client_is(behi
         for client in held:
             if isinstance(client, Client):
                 client.close()
+
+
+async def _broken_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A server that passes HAProxy's health check and breaks off every other request: HAProxy's 502."""
+    request_line = await reader.readline()
+    if request_line.startswith(b"GET /healthz "):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+    writer.close()
+
+
+def _balancer_error(response, status: int) -> None:
+    assert response.code == status, response
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Retry-After"] == "1"
+    assert json.loads(response.body)["code"] == "unavailable"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_haproxys_own_answers_are_the_services_error_message(tmp_path):
+    """With no server up (503) and with one that breaks requests off (502), a client through
+    deploy/haproxy.cfg gets the service's JSON error, which the contract fixture also checks."""
+    down = HAProxy(tmp_path, f"127.0.0.1:{free_port()}", [f"127.0.0.1:{free_port()}"] * 2).start()
+    backend = await asyncio.start_server(_broken_backend, "127.0.0.1", 0)
+    broken = None
+    try:
+        down.wait_state("web-1", "DOWN")
+        down.wait_state("web-2", "DOWN")
+        http = AsyncHTTPClient()
+        for path in ("/healthz", "/api/tasks/" + "0" * 32, "/ws"):
+            _balancer_error(await http.fetch(f"http://{down.listen}{path}", raise_error=False), 503)
+        port = backend.sockets[0].getsockname()[1]
+        folder = tmp_path / "broken"
+        folder.mkdir()
+        broken = HAProxy(folder, f"127.0.0.1:{free_port()}", [f"127.0.0.1:{port}"] * 2).start()
+        broken.wait_state("web-1", "UP")
+        _balancer_error(await http.fetch(f"http://{broken.listen}/api/tasks/{'0' * 32}", raise_error=False), 502)
+    finally:
+        backend.close()
+        down.stop()
+        if broken:
+            broken.stop()
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_each_error_file_is_one_whole_http_response_of_the_error_shape(status):
+    """HAProxy sends an error file as it is: a wrong Content-Length would hang or cut the client."""
+    raw = (ROOT / "deploy" / "haproxy-errors" / f"{status}.http").read_bytes()
+    head, body = raw.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    assert lines[0].startswith(f"HTTP/1.1 {status} ")
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    assert int(fields["Content-Length"]) == len(body)
+    assert fields["Content-Type"] == "application/json" and fields["Retry-After"].isdigit()
+    message = json.loads(body)
+    assert message["type"] == "error" and message["code"] == "unavailable" and message["result"]
