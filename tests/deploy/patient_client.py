@@ -43,6 +43,9 @@ class PatientClient:
         self.close_codes: list[int | None] = []
         self.refused: list[dict] = []  # refusals no retry can help
         self._connection = None
+        # The refs sent on the current connection: ask() may run while a reconnect
+        # sends the unacknowledged requests again, and each must go once.
+        self._sent_here: set[str] = set()
         self._reader: asyncio.Task | None = None
         self._stopping = False
 
@@ -57,7 +60,7 @@ class PatientClient:
         ref = f"r{next(self._refs)}"
         self.unacked[ref] = number
         self.first_asked_at[ref] = time.monotonic()
-        await self._write({"type": "factorial", "number": number, "ref": ref})
+        await self._send_request(ref)
 
     @property
     def settled(self) -> bool:
@@ -103,6 +106,7 @@ class PatientClient:
             try:
                 request = HTTPRequest(self.url, connect_timeout=3, request_timeout=5)
                 self._connection = await websocket_connect(request, max_message_size=MAX_MESSAGE_BYTES)
+                self._sent_here = set()
                 break
             except (OSError, HTTPClientError, asyncio.TimeoutError):
                 if time.monotonic() > deadline:
@@ -110,8 +114,15 @@ class PatientClient:
                 await asyncio.sleep(RECONNECT_PAUSE_S)  # between tries of a loop bounded by its deadline
         for task_id in sorted(self.pending):
             await self._write({"type": "result", "task_id": task_id})
-        for ref, number in list(self.unacked.items()):
-            await self._write({"type": "factorial", "number": number, "ref": ref})
+        for ref in list(self.unacked):
+            await self._send_request(ref)
+
+    async def _send_request(self, ref: str) -> None:
+        """Send request ``ref`` on this connection unless it went already (or is answered)."""
+        if ref in self._sent_here or ref not in self.unacked:
+            return
+        self._sent_here.add(ref)
+        await self._write({"type": "factorial", "number": self.unacked[ref], "ref": ref})
 
     async def _write(self, message: dict) -> None:
         try:
@@ -160,4 +171,5 @@ class PatientClient:
         # A reconnect since the refusal already sent it again: a second copy
         # would be a second request, with an answer of its own.
         if ref in self.unacked and not self._stopping and reconnects == self.reconnects:
-            asyncio.ensure_future(self._write({"type": "factorial", "number": self.unacked[ref], "ref": ref}))
+            self._sent_here.discard(ref)  # refused here: this copy is the request again
+            asyncio.ensure_future(self._send_request(ref))
