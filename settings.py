@@ -298,7 +298,12 @@ def _convert(name: str, raw: str, kind: str):
         return text
     except ValueError:
         expected = {"int": "a whole number >= 0", "float": "a positive number", "bool": "true or false"}[kind]
-        raise SettingsError(f"{name}={raw!r} is not {expected}") from None
+        hint = ""
+        if name.endswith("_PORT") and text.startswith("tcp://"):
+            # Kubernetes writes <SERVICE>_PORT=tcp://host:port into every pod for each Service.
+            hint = (f" (Kubernetes sets it for a Service named {name[:-5].lower().replace('_', '-')}: rename "
+                    "that Service or set enableServiceLinks: false in the pod)")
+        raise SettingsError(f"{name}={raw!r} is not {expected}{hint}") from None
 
 
 def local_redis_password(path: Path) -> str:

@@ -36,6 +36,12 @@ def test_bad_values_name_the_variable(name, value):
         Settings.from_env({name: value})
 
 
+def test_a_kubernetes_service_link_in_a_port_setting_is_explained():
+    """Kubernetes puts RQ_DASHBOARD_PORT=tcp://... in every pod when a Service is named rq-dashboard."""
+    with pytest.raises(SettingsError, match=r"RQ_DASHBOARD_PORT=.*Service named rq-dashboard.*enableServiceLinks"):
+        Settings.from_env({"RQ_DASHBOARD_PORT": "tcp://198.18.0.5:9181"})
+
+
 def test_soft_limit_must_not_exceed_max_number():
     with pytest.raises(SettingsError, match="SOFT_MAX_NUMBER"):
         Settings(max_number=10, soft_max_number=11)
