@@ -14,6 +14,7 @@ import itertools
 import json
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 
 import gmpy2
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -173,3 +174,13 @@ class PatientClient:
         if ref in self.unacked and not self._stopping and reconnects == self.reconnects:
             self._sent_here.discard(ref)  # refused here: this copy is the request again
             asyncio.ensure_future(self._send_request(ref))
+
+
+async def send_steadily(clients: list[PatientClient], stop: asyncio.Event, hard: Iterator[int],
+                        soft: Iterator[int], pace_s: float = 0.05) -> None:
+    """Until ``stop``: a soft request (at most 1000) then two hard ones, over the clients in turn."""
+    for turn in itertools.count():
+        if stop.is_set():
+            return
+        await clients[turn % len(clients)].ask(next(hard) if turn % 3 else next(soft) % 1000 + 1)
+        await asyncio.sleep(pace_s)  # the steady pace of the load: part of the scenario

@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.deploy.haproxy import HAProxy, haproxy_binary
-from tests.deploy.patient_client import PatientClient
+from tests.deploy.patient_client import PatientClient, send_steadily
 from tests.helpers import async_wait_until, free_port
 
 pytestmark = pytest.mark.skipif(haproxy_binary() is None, reason="needs haproxy (apt-get install haproxy)")
@@ -35,15 +35,6 @@ pytestmark = pytest.mark.skipif(haproxy_binary() is None, reason="needs haproxy 
 HARD = (60_000 + (k * 7_919) % 100_000 for k in itertools.count())
 SOFT = itertools.count(2, 1)
 PACE_S = 0.05
-
-
-async def send_steadily(clients: list[PatientClient], stop: asyncio.Event) -> None:
-    for turn in itertools.count():
-        if stop.is_set():
-            return
-        client = clients[turn % len(clients)]
-        await client.ask(next(HARD) if turn % 3 else next(SOFT) % 1000 + 1)
-        await asyncio.sleep(PACE_S)  # the steady pace of the load: part of the scenario
 
 
 @pytest.mark.slow
@@ -66,7 +57,7 @@ async def test_restarting_servers_one_by_one_behind_haproxy_answers_every_acknow
                                 "--url", url, "--timeout", "120"], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
         stop = asyncio.Event()
-        sender = asyncio.ensure_future(send_steadily(clients, stop))
+        sender = asyncio.ensure_future(send_steadily(clients, stop, HARD, SOFT, PACE_S))
 
         restarts = []
         for index, name in enumerate(("web-1", "web-2")):

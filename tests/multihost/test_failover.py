@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import itertools
 import os
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.deploy.haproxy import HAProxy
-from tests.deploy.patient_client import PatientClient
+from tests.deploy.patient_client import PatientClient, send_steadily
 from tests.helpers import async_wait_until, free_port, stop_process, wait_until
 from tests.multihost.netns import Lab
 from tests.multihost.topology import (HARD, MASTER, REDIS_PASSWORD, REDIS_SENTINEL, SENTINEL_PASSWORD, SOFT,
@@ -49,14 +48,6 @@ def dashboard_workers(url: str) -> int | None:
             return len(json.load(response)["workers"])
     except (OSError, ValueError, KeyError):
         return None
-
-
-async def send_steadily(clients: list[PatientClient], stop: asyncio.Event) -> None:
-    for turn in itertools.count():
-        if stop.is_set():
-            return
-        await clients[turn % len(clients)].ask(next(HARD) if turn % 3 else next(SOFT) % 1000 + 1)
-        await asyncio.sleep(0.05)  # the steady pace of the load: part of the scenario
 
 
 @dataclass
@@ -80,7 +71,7 @@ async def through(stack: Stack, fault: str, act, recovered) -> str:
     """Steady load; ``act()``; wait for ``recovered()`` and new acknowledgements; every answer in. A line of figures."""
     clients = stack.clients
     stop = asyncio.Event()
-    sender = asyncio.ensure_future(send_steadily(clients, stop))
+    sender = asyncio.ensure_future(send_steadily(clients, stop, HARD, SOFT))
     try:
         # At least one acknowledged job in flight when the fault comes (an idle
         # machine computes these in tens of milliseconds, so rarely more).

@@ -33,7 +33,8 @@ import pytest
 
 from tests.helpers import async_wait_until
 from tests.multihost import topology
-from tests.multihost.topology import kill_redis, open_websockets, send_steadily, sentinel_process
+from tests.deploy.patient_client import send_steadily
+from tests.multihost.topology import HARD, SOFT, kill_redis, open_websockets, sentinel_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(topology.why_not), reason=topology.why_not or "runs")]
 
@@ -87,7 +88,7 @@ async def under_load(stack, fault: str, act, watch_s: float, heal=None) -> dict:
     """
     clients = stack.clients
     stop = asyncio.Event()
-    sender = asyncio.ensure_future(send_steadily(clients, stop))
+    sender = asyncio.ensure_future(send_steadily(clients, stop, HARD, SOFT))
     figures = {}
     try:
         await async_wait_until(lambda: sum(len(c.pending) for c in clients) >= 1, timeout=20,

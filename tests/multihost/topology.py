@@ -202,13 +202,3 @@ async def tear_down(stack: Stack | None) -> None:
     if stack.balancer:
         stack.balancer.stop()
     stack.lab.destroy()
-
-
-async def send_steadily(clients: list[PatientClient], stop: asyncio.Event, pace_s: float = 0.05) -> None:
-    """Soft and hard requests in turn over the clients, each number new, until ``stop``."""
-    for turn in itertools.count():
-        if stop.is_set():
-            return
-        await clients[turn % len(clients)].ask(next(HARD) if turn % 3 else next(SOFT) % 1000 + 1)
-        await asyncio.sleep(pace_s)  # the steady pace of the load: part of the scenario
-
