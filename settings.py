@@ -143,6 +143,10 @@ class Settings:
     # it the connection is closed with 1008 (a client that does not read).
     # 0 means no limit.
     client_max_unsent_bytes: int = 64 * 1024 * 1024
+    # Connections from one address (an IPv6 /64) that have not sent their first
+    # request head yet, on this server process; over it a new one gets 429 and
+    # is closed. Trusted proxies are not bounded. 0 means no limit.
+    client_max_opening_connections: int = 100
     # A server that dies without closing: its clients' counts outlive it this long.
     client_lease_s: float = 10.0
     # Fair scheduling: RQ jobs kept in each queue per worker serving it; the

@@ -32,7 +32,8 @@ TWO_PROCESSES = "WEB_PROCESSES=2"
 # thousands of connections asking back to back) as an abuser: lifted here,
 # per connection and per client (0: no limit), and said so in the output.
 UNLIMITED = {"MAX_REQUESTS_PER_S": "1000000",
-             "CLIENT_MAX_CONNECTIONS": "0", "CLIENT_MAX_IN_FLIGHT": "0", "CLIENT_MAX_REQUESTS_PER_S": "0"}
+             "CLIENT_MAX_CONNECTIONS": "0", "CLIENT_MAX_IN_FLIGHT": "0", "CLIENT_MAX_REQUESTS_PER_S": "0",
+             "CLIENT_MAX_OPENING_CONNECTIONS": "0"}
 
 
 def wait_for(predicate, what: str, timeout: float = START_TIMEOUT_S):

@@ -11,7 +11,13 @@
   at all is closed by the pacing after the same time.
 - **Counting.** An HTTP connection is one of its client's connections
   (``CLIENT_MAX_CONNECTIONS``, with its WebSockets) from its first API request
-  until it closes (``HttpConnections``).
+  until it closes (``HttpConnections``). Before its first request head has
+  arrived, nothing says who the client is but the peer's address: each
+  address (an IPv6 /64 by ``CLIENT_IPV6_PREFIX``) may hold at most
+  ``CLIENT_MAX_OPENING_CONNECTIONS`` such connections, so silent or trickling
+  sockets from one host cannot take the process's descriptors
+  (``OpeningConnections``). A trusted proxy's address is not bounded here:
+  it carries many clients, and bounds its own connections.
 """
 
 from __future__ import annotations
@@ -22,15 +28,23 @@ from urllib.parse import urlsplit
 
 from tornado import gen, httputil
 from tornado.ioloop import IOLoop
-from tornado.iostream import IOStream, StreamClosedError
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
 import protocol
+from handlers.identity import ClientIdentifier, client_of
 from handlers.limits import ClientCounts
 from handlers.pacing import PacedHTTPServer
 from protocol import ErrorCode, ProtocolError
 from settings import Settings
 
 access_log = logging.getLogger("tornado.access")
+
+_OPENING_BODY = protocol.error(ProtocolError(
+    ErrorCode.RATE_LIMITED, "too many connections from your address have not sent a request yet")).encode()
+_OPENING_REFUSAL = (
+    "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+    f"Retry-After: 1\r\nConnection: close\r\nContent-Length: {len(_OPENING_BODY)}\r\n\r\n"
+).encode() + _OPENING_BODY
 
 # After a 413, what the client still sends is read and dropped for this long
 # (at most this much): closing a socket with unread bytes resets it, and a
@@ -44,6 +58,8 @@ class FrontDoorServer(PacedHTTPServer):
     """``PacedHTTPServer`` with the limits above, for ``app`` (whose ``context`` counts the connections)."""
 
     def initialize(self, app, settings: Settings, **kwargs: Any) -> None:
+        self.opening = OpeningConnections(settings.client_max_opening_connections, app.context.identifier)
+        self.metrics = app.context.metrics
         super().initialize(
             app,
             idle_connection_timeout=settings.header_timeout_s,
@@ -56,12 +72,67 @@ class FrontDoorServer(PacedHTTPServer):
         # Only a server that reports closed connections (on_close below) may count them.
         self.connections = context.http_connections = HttpConnections(context.counts, context.jobs)
 
-    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
-        return _BodyLimit(super().start_request(server_conn, request_conn), request_conn, self.max_body_bytes)
+    def admit_opening(self, stream: IOStream, address: Any) -> bool:
+        if self.opening.admit(stream, address[0] if isinstance(address, tuple) and address else ""):
+            return True
+        self.metrics.connection_refused_opening()
+        _refuse_at_once(stream)
+        return False
+
+    def opening_ended(self, stream: IOStream) -> None:
+        self.opening.ended(stream)
+
+    def request_delegate(self, server_conn: object, request_conn: httputil.HTTPConnection
+                         ) -> httputil.HTTPMessageDelegate:
+        return _BodyLimit(super().request_delegate(server_conn, request_conn), request_conn, self.max_body_bytes)
 
     def on_close(self, server_conn: object) -> None:
         super().on_close(server_conn)
         self.connections.closed(server_conn.stream)
+
+
+class OpeningConnections:
+    """Per peer address, the connections whose first request head has not arrived; at most ``limit`` each."""
+
+    def __init__(self, limit: int, identifier: ClientIdentifier):
+        self.limit = limit
+        self.identifier = identifier
+        self._peer_of: dict[IOStream, str] = {}
+        self._count: dict[str, int] = {}
+
+    def admit(self, stream: IOStream, peer: str) -> bool:
+        if not self.limit or self.identifier.trusted(peer):
+            return True
+        client = client_of(peer, self.identifier.ipv6_prefix)
+        held = self._count.get(client, 0)
+        if held >= self.limit:
+            return False
+        self._count[client] = held + 1
+        self._peer_of[stream] = client
+        return True
+
+    def ended(self, stream: IOStream) -> None:
+        client = self._peer_of.pop(stream, None)
+        if client is None:
+            return
+        held = self._count[client] - 1
+        if held:
+            self._count[client] = held
+        else:
+            del self._count[client]
+
+    def held_by(self, peer: str) -> int:
+        return self._count.get(client_of(peer, self.identifier.ipv6_prefix), 0)
+
+
+def _refuse_at_once(stream: IOStream) -> None:
+    """Answer 429 if the socket takes it now, and close: a refused connection holds nothing, not even a wait."""
+    if stream.socket is not None and not isinstance(stream, SSLIOStream):
+        try:
+            stream.socket.send(_OPENING_REFUSAL)
+        except OSError:
+            pass  # gone or full: the close alone says it
+    stream.close()
 
 
 class HttpConnection:

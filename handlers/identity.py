@@ -107,7 +107,7 @@ class ClientIdentifier:
         own after the client's instead, its own is the last, and the last is
         read. Garbage or nothing there: the proxy itself is the client.
         """
-        if not self._trusted(peer):
+        if not self.trusted(peer):
             return peer
         hops = [hop.strip() for line in headers.get_list(self.real_ip_header) for hop in line.split(",")]
         hops = [hop for hop in hops if hop]
@@ -119,13 +119,14 @@ class ClientIdentifier:
                 address = _plain_address(hop)
                 if address is None:
                     return nearest  # garbage: the trusted hop that passed it on is all we know
-                if not self._trusted(address):
+                if not self.trusted(address):
                     return address
                 nearest = address
             return nearest  # every hop is a trusted proxy: the request comes from the first of them
         return peer
 
-    def _trusted(self, address: str) -> bool:
+    def trusted(self, address: str) -> bool:
+        """Whether ``address`` is one of ``TRUSTED_PROXIES``."""
         try:
             parsed = ipaddress.ip_address(address)
         except ValueError:

@@ -37,6 +37,11 @@ class Metrics:
             "WebSocket connections closed with 1008 because their unsent bytes passed CLIENT_MAX_UNSENT_BYTES",
             registry=self.registry,
         )
+        self.refused_opening = Counter(
+            "factorial_connections_refused_opening",
+            "Connections refused at accept: their address held CLIENT_MAX_OPENING_CONNECTIONS that had sent no request",
+            registry=self.registry,
+        )
         self.delivered = Counter(
             "factorial_results_delivered", "Final answers sent (success, or the error code), pushed or at once",
             ["outcome"], registry=self.registry,
@@ -69,6 +74,9 @@ class Metrics:
 
     def connection_closed_unread(self) -> None:
         self.closed_unread.inc()
+
+    def connection_refused_opening(self) -> None:
+        self.refused_opening.inc()
 
     def job_accepted(self, queue: str, status: str) -> None:
         key = (queue or "unknown", status)

@@ -140,7 +140,7 @@ def test_a_body_that_stops_arriving_is_dropped_after_the_body_timeout(make_serve
 # --- slow and silent connections -----------------------------------------------------
 
 def test_three_hundred_silent_connections_are_closed_within_the_header_timeout(make_server):
-    server = make_server(header_timeout_s=1)
+    server = make_server(header_timeout_s=1, client_max_opening_connections=400)  # all from one address
     started = time.monotonic()
     opened_at: dict[socket.socket, float] = {}  # each connection's timeout runs from its own opening
 
@@ -183,6 +183,77 @@ def test_three_hundred_silent_connections_are_closed_within_the_header_timeout(m
     page.request("GET", "/")
     assert page.getresponse().status == 200  # and it serves on
     page.close()
+
+
+def test_a_head_trickled_until_just_before_the_header_timeout_gets_no_second_one(make_server):
+    """The timeout runs from the accept to the whole first head: Tornado's own clock starts only when a
+    connection is handed to it, at its first bytes, and a client that waited until then got twice the time."""
+    server = make_server(header_timeout_s=1)
+    sock = connect(server)
+    opened = time.monotonic()
+    time.sleep(0.7)  # a duration: the client's first bytes come late, as a trickler's do
+    sock.sendall(b"GET / HTTP/1.1\r\n")
+    read_until_closed(sock, 4)
+    took = time.monotonic() - opened
+    sock.close()
+    print(f"first bytes 0.7 s after opening, head never ended: closed {took:.2f} s after opening (HEADER_TIMEOUT_S=1)")
+    assert 0.9 < took < 1.5, took  # HEADER_TIMEOUT_S=1 from the accept (it was 1.7: 0.7 + a fresh 1 s)
+
+
+def test_one_address_holds_at_most_its_opening_connections_and_others_are_served(make_server):
+    """Silent sockets from one host cannot take the process's descriptors: past
+    CLIENT_MAX_OPENING_CONNECTIONS a new one gets 429 and is closed; other hosts are served throughout."""
+    server = make_server(client_max_opening_connections=20, header_timeout_s=30)
+    held = [connect(server) for _ in range(20)]
+    refused = []
+    try:
+        flood_began = time.monotonic()
+        for _ in range(200):  # a flood well past the bound, each refused at once
+            sock = connect(server)
+            refused.append(read_until_closed(sock, 5))
+            sock.close()
+        print(f"20 held, 200 more refused with 429 in {time.monotonic() - flood_began:.2f} s")
+        assert all(answer.startswith(b"HTTP/1.1 429 ") for answer in refused), {a[:40] for a in refused}
+        body = json.loads(refused[0].split(b"\r\n\r\n", 1)[1])
+        assert body["code"] == "rate_limited" and "request" in body["result"]
+        other = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5, source_address=("127.0.0.2", 0))
+        other.request("GET", "/metrics")
+        metrics = other.getresponse()
+        assert metrics.status == 200
+        assert "factorial_connections_refused_opening_total 200.0" in metrics.read().decode()
+        other.close()
+        # Once the held ones have spoken (or gone), the address may open again.
+        for sock in held[:5]:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert sock.recv(12) == b"HTTP/1.1 200"
+        for sock in held[5:10]:
+            sock.close()
+        again = []
+        wait_until(lambda: (again.append(connect(server)) or _answers_a_request(again[-1])), timeout=10,
+                   what="a new connection from the address to be served after ten of its twenty spoke or closed")
+        for sock in again:
+            sock.close()
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _answers_a_request(sock: socket.socket) -> bool:
+    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    return read_until_closed(sock, 5).startswith(b"HTTP/1.1 200")
+
+
+def test_a_trusted_proxy_is_not_bounded_by_the_opening_limit(make_server):
+    """A proxy's address carries many clients: its connections are not counted as one host's."""
+    server = make_server(client_max_opening_connections=5, trusted_proxies="127.0.0.1")
+    held = [connect(server) for _ in range(12)]
+    try:
+        for sock in held:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert all(read_until_closed(sock, 5).startswith(b"HTTP/1.1 200") for sock in held)
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_an_idle_keep_alive_connection_is_closed_after_the_header_timeout(make_server):
