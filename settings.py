@@ -143,6 +143,9 @@ class Settings:
     # it the connection is closed with 1008 (a client that does not read).
     # 0 means no limit.
     client_max_unsent_bytes: int = 64 * 1024 * 1024
+    # The same, for all of one client's WebSockets on this server process
+    # together: past it, the connection sent more is closed with 1008.
+    client_max_unsent_bytes_total: int = 256 * 1024 * 1024
     # Connections from one address (an IPv6 /64) that have not sent their first
     # request head yet, on this server process; over it a new one gets 429 and
     # is closed. Trusted proxies are not bounded. 0 means no limit.

@@ -10,6 +10,7 @@ from handlers.drain import Drain
 from handlers.identity import ClientIdentifier
 from handlers.limits import ClientCounts
 from handlers.metrics import Metrics
+from handlers.outbox import ClientUnsent
 from settings import Settings
 from jobs.gateway import JobGateway
 
@@ -30,3 +31,9 @@ class ServiceContext:
     # Open HTTP connections counted per client; set by the server that reports their closing
     # (handlers/front_door.py), None (not counted) under any other.
     http_connections: "HttpConnections | None" = None
+    # What each client's WebSockets in this process are owed together (CLIENT_MAX_UNSENT_BYTES_TOTAL).
+    unsent: ClientUnsent | None = None
+
+    def __post_init__(self) -> None:
+        if self.unsent is None:
+            self.unsent = ClientUnsent(self.settings.client_max_unsent_bytes_total)

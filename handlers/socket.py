@@ -40,6 +40,7 @@ class FactorialSocket(WebSocketHandler):
         # Frames owed to the peer, written as fast as it reads them (handlers/outbox.py).
         self._outbox = Outbox(context.settings.client_max_unsent_bytes, self._write, self._buffer_empty,
                               emptied=self._close_if_done)
+        self._counted_unsent = False  # its outbox adds to its client's share (from open to on_close)
         # Metrics: when this connection first asked for each job it waits for.
         self._asked_at: dict[str, float] = {}
         # The close code and reason to send once every request is answered (drain: 1012, Redis lost: 1013).
@@ -113,12 +114,17 @@ class FactorialSocket(WebSocketHandler):
 
     def open(self) -> None:
         self.set_nodelay(True)
+        self._outbox.share = self.context.unsent.join(self.client)
+        self._counted_unsent = True
         self.context.metrics.connection_opened()
         self.context.drain.opened(self)
         self.watch.opened(self)
 
     def on_close(self) -> None:
         self._outbox.drop()
+        if self._counted_unsent:
+            self._counted_unsent = False
+            self.context.unsent.leave(self.client, self._outbox.share)
         self.context.drain.closed(self)
         self.watch.closed(self)
         self.context.delivery.forget(self)
@@ -167,7 +173,9 @@ class FactorialSocket(WebSocketHandler):
         or 0 (and forget this connection) if it is closed.
 
         Frames leave in order, as fast as the peer reads them. A peer owed more
-        than ``CLIENT_MAX_UNSENT_BYTES`` is closed with 1008 (protocol: Transport).
+        than ``CLIENT_MAX_UNSENT_BYTES``, or whose client's connections here are owed
+        more than ``CLIENT_MAX_UNSENT_BYTES_TOTAL`` together, is closed with 1008
+        (protocol: Transport).
         """
         sent = self._outbox.send(frame, ref)
         if self._outbox.over_limit:
@@ -193,8 +201,10 @@ class FactorialSocket(WebSocketHandler):
 
     def _close_unread(self) -> None:
         """Close a connection that does not read what it is sent: 1008, and nothing more goes to it."""
-        log.warning("closing a connection of %s that does not read: %d bytes owed (CLIENT_MAX_UNSENT_BYTES=%d)",
-                    self.client, self._outbox.unsent, self._outbox.limit)
+        log.warning("closing a connection of %s that does not read: %d bytes owed (CLIENT_MAX_UNSENT_BYTES=%d), "
+                    "%d to the client's connections here (CLIENT_MAX_UNSENT_BYTES_TOTAL=%d)",
+                    self.client, self._outbox.unsent, self._outbox.limit, self._outbox.share.bytes,
+                    self._outbox.share.limit)
         self._outbox.drop()
         self.context.metrics.connection_closed_unread()
         self.context.delivery.forget(self)

@@ -26,7 +26,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.httpserver import HTTPServer
 from tornado.websocket import WebSocketHandler
 
-from handlers.outbox import ENTRY_BYTES, HIGH_WATER_BYTES, UNREAD_CLOSE_CODE, Outbox
+from handlers.outbox import ENTRY_BYTES, HIGH_WATER_BYTES, UNREAD_CLOSE_CODE, ClientUnsent, Outbox
 from tests.helpers import Client, async_wait_until, free_port
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,34 @@ def test_a_closed_connection_drops_what_waits():
     assert outbox.high_water == HIGH_WATER_BYTES  # 0: no limit, still paced
     stream.open = False
     assert outbox.send(success(10)) == 0 and outbox.closed
+
+
+def test_a_clients_connections_together_are_held_to_the_total_and_each_counts_what_it_is_owed():
+    """CLIENT_MAX_UNSENT_BYTES_TOTAL: connections each under their own budget pass the client's together."""
+    unsent = ClientUnsent(limit=10_000)
+    streams = [FakeStream() for _ in range(3)]
+    boxes = [Outbox(limit=8_000, write=s.write, buffer_empty=s.buffer_empty, share=unsent.join("alice"))
+             for s in streams]
+    other = Outbox(limit=8_000, write=FakeStream().write, buffer_empty=lambda: False, share=unsent.join("bob"))
+    for box in boxes[:2]:
+        box.send(success(3000))  # into the empty buffer
+        box.send(success(1000))  # waits: about 4,000 owed to each
+    assert not any(box.over_limit for box in boxes) and unsent.owed_to("alice") > 8_000
+    boxes[2].send(success(3000))
+    boxes[2].send(success(1000))
+    assert boxes[2].over_limit and not boxes[2].unsent > 8_000  # the client's total, not its own
+    other.send(success(3000))
+    other.send(success(1000))
+    assert not other.over_limit  # another client's share is its own
+    # What a connection is owed leaves the share as its socket takes it, and all of it when it closes.
+    streams[0].take()
+    streams[0].take()
+    assert boxes[0].unsent == 0
+    boxes[1].drop()
+    assert unsent.owed_to("alice") == boxes[2].unsent and not boxes[2].over_limit
+    for box in boxes:
+        unsent.leave("alice", box.share)
+    assert unsent.owed_to("alice") == 0 and "alice" not in unsent and "bob" in unsent
 
 
 # --- a client that never reads -----------------------------------------------------
@@ -312,6 +340,46 @@ async def test_a_client_that_never_reads_is_closed_with_1008_within_the_budget_a
     # "Others stay fast": a speed, not the budget's contract, so with room for a loaded machine; a server that
     # stalled its loop on the silent client's backlog would take seconds.
     assert p95 < 0.3, f"p95 of 5! was {p95 * 1000:.1f} ms"
+
+
+@pytest.mark.slow
+@pytest.mark.gen_test(timeout=120)
+async def test_a_clients_silent_connections_together_are_closed_past_the_total_though_each_is_under_its_own(
+        make_server, worker):
+    server = make_server(client_max_unsent_bytes=16 * MIB, client_max_unsent_bytes_total=4 * MIB)
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    numbers = [BIG + i for i in range(14)]  # 14 distinct 456 KB results: 6.4 MB owed to each connection
+    other = await Client.connect(HTTPRequest(url, network_interface="127.0.0.2"))
+    silent = []
+    try:
+        for number in numbers:  # stored first, so that each request is answered at once
+            await other.factorial(number, timeout=60)
+        before = server.rss_kib()
+        silent = [SilentClient(server.port) for _ in range(5)]
+        for connection in silent:
+            for ref, number in enumerate(numbers):
+                await connection.send({"type": "factorial", "number": number, "ref": ref})
+
+        async def closed_unread() -> float:
+            response = await AsyncHTTPClient().fetch(HTTPRequest(f"http://127.0.0.1:{server.port}/metrics",
+                                                                 network_interface="127.0.0.3"))
+            return metric(response.body, "factorial_connections_closed_unread_total")
+
+        await async_wait_until(closed_unread, timeout=20, interval=0.05,
+                               what="a connection of the client to be closed for its client's total")
+        grown = server.rss_kib() - before
+        closed = await closed_unread()
+        print(f"5 silent connections of one client, 6.4 MB owed to each (its own budget 16 MiB): {closed:.0f} "
+              f"closed with 1008 for the client's 4 MiB together; server RSS +{grown} KiB")
+        # Bounded by the total: each connection's Tornado buffer, what the kernel holds, one frame more.
+        assert grown < 5 * 4 * 1024 + 16 * 1024, f"RSS grew by {grown} KiB"
+        # Another client is served meanwhile, and owed nothing of the first one's total.
+        _, done = await other.factorial(5)
+        assert done["result"] == 120
+    finally:
+        for connection in silent:
+            connection.close()
+        other.close()
 
 
 # --- a client that reads gets everything it asked for ---------------------------------
