@@ -179,7 +179,8 @@ def main(argv=None) -> int:
                  f"(target <= {LOOP_LAG_TARGET_MS:.0f} ms: {'met' if lag_ok else 'NOT met'})")
     if not args.url:
         text += ("\nthe benchmark's own servers run without per-client limits (CLIENT_MAX_CONNECTIONS, "
-                 "CLIENT_MAX_IN_FLIGHT, CLIENT_MAX_REQUESTS_PER_S, CLIENT_MAX_OPENING_CONNECTIONS = 0): "
+                 "CLIENT_MAX_IN_FLIGHT, CLIENT_MAX_REQUESTS_PER_S, CLIENT_MAX_OPENING_CONNECTIONS, "
+                 "CLIENT_MAX_UNSENT_BYTES_TOTAL = 0): "
                  "all its load comes from one host")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     where = machine()

@@ -69,7 +69,8 @@ def default_limits() -> dict[str, str]:
     return {"MAX_REQUESTS_PER_S": str(d.max_requests_per_s), "CLIENT_MAX_CONNECTIONS": str(d.client_max_connections),
             "CLIENT_MAX_IN_FLIGHT": str(d.client_max_in_flight),
             "CLIENT_MAX_REQUESTS_PER_S": str(d.client_max_requests_per_s),
-            "CLIENT_MAX_OPENING_CONNECTIONS": str(d.client_max_opening_connections)}
+            "CLIENT_MAX_OPENING_CONNECTIONS": str(d.client_max_opening_connections),
+            "CLIENT_MAX_UNSENT_BYTES_TOTAL": str(d.client_max_unsent_bytes_total)}
 
 
 @dataclass

@@ -33,7 +33,7 @@ TWO_PROCESSES = "WEB_PROCESSES=2"
 # per connection and per client (0: no limit), and said so in the output.
 UNLIMITED = {"MAX_REQUESTS_PER_S": "1000000",
              "CLIENT_MAX_CONNECTIONS": "0", "CLIENT_MAX_IN_FLIGHT": "0", "CLIENT_MAX_REQUESTS_PER_S": "0",
-             "CLIENT_MAX_OPENING_CONNECTIONS": "0"}
+             "CLIENT_MAX_OPENING_CONNECTIONS": "0", "CLIENT_MAX_UNSENT_BYTES_TOTAL": "0"}
 
 
 def wait_for(predicate, what: str, timeout: float = START_TIMEOUT_S):
