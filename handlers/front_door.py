@@ -33,7 +33,7 @@ from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 import protocol
 from handlers.identity import ClientIdentifier, client_of
 from handlers.limits import ClientCounts
-from handlers.pacing import PacedHTTPServer
+from handlers.pacing import PacedHTTPServer, PassingDelegate
 from protocol import ErrorCode, ProtocolError
 from settings import Settings
 
@@ -187,11 +187,11 @@ def declared_length(headers: httputil.HTTPHeaders) -> int:
     return int(value) if value.isdigit() else 0
 
 
-class _BodyLimit(httputil.HTTPMessageDelegate):
+class _BodyLimit(PassingDelegate):
     """Answers 413 to a request whose ``Content-Length`` is over the limit; passes anything else on."""
 
     def __init__(self, delegate: httputil.HTTPMessageDelegate, request_conn, limit: int):
-        self.delegate = delegate
+        super().__init__(delegate)
         self.request_conn = request_conn
         self.limit = limit
 
@@ -212,15 +212,6 @@ class _BodyLimit(httputil.HTTPMessageDelegate):
         ).encode()
         IOLoop.current().add_callback(_answer_and_close, stream, head + body)
         return None
-
-    def data_received(self, chunk: bytes):
-        return self.delegate.data_received(chunk)
-
-    def finish(self) -> None:
-        self.delegate.finish()
-
-    def on_connection_close(self) -> None:
-        self.delegate.on_connection_close()
 
 
 async def _answer_and_close(stream: IOStream, response: bytes) -> None:

@@ -153,15 +153,13 @@ class PacedHTTPServer(HTTPServer):
         await super().close_all_connections()
 
 
-class _FirstHead(httputil.HTTPMessageDelegate):
-    """Passes a request on, and says when its head has arrived whole."""
+class PassingDelegate(httputil.HTTPMessageDelegate):
+    """A request delegate that passes everything on to ``delegate``: subclasses change what they need."""
 
-    def __init__(self, delegate: httputil.HTTPMessageDelegate, on_head: Callable[[], None]):
+    def __init__(self, delegate: httputil.HTTPMessageDelegate):
         self.delegate = delegate
-        self.on_head = on_head
 
     def headers_received(self, start_line, headers: httputil.HTTPHeaders):
-        self.on_head()
         return self.delegate.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes):
@@ -172,3 +170,15 @@ class _FirstHead(httputil.HTTPMessageDelegate):
 
     def on_connection_close(self) -> None:
         self.delegate.on_connection_close()
+
+
+class _FirstHead(PassingDelegate):
+    """Passes a request on, and says when its head has arrived whole."""
+
+    def __init__(self, delegate: httputil.HTTPMessageDelegate, on_head: Callable[[], None]):
+        super().__init__(delegate)
+        self.on_head = on_head
+
+    def headers_received(self, start_line, headers: httputil.HTTPHeaders):
+        self.on_head()
+        return self.delegate.headers_received(start_line, headers)
