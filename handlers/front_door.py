@@ -121,9 +121,6 @@ class OpeningConnections:
         else:
             del self._count[client]
 
-    def held_by(self, peer: str) -> int:
-        return self._count.get(client_of(peer, self.identifier.ipv6_prefix), 0)
-
 
 def _refuse_at_once(stream: IOStream) -> None:
     """Answer 429 if the socket takes it now, and close: a refused connection holds nothing, not even a wait."""

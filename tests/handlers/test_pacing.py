@@ -60,6 +60,7 @@ async def test_requests_that_arrive_together_are_served_a_few_per_loop_pass():
                                what="the server to accept the 40 connections")
         answers = await asyncio.gather(*(_ask(stream) for stream in streams))
         assert all(answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello") for answer in answers)
+        assert server.connections_opening == 0  # each left the opening phase at its head
         per_pass = collections.Counter(seen)
         # Each started connection's request runs a fixed number of passes after
         # its start, so a pass serves about as many as one pass started.
@@ -81,11 +82,12 @@ async def test_silent_connections_hold_up_no_one_and_are_closed_on_drain():
         answer = await asyncio.wait_for(_ask(talker), 5)
         assert answer.endswith(b"hello")
         assert server.connections_not_started == 20
+        assert server.connections_opening == 20  # the talker's head ended its opening; the silent ones' go on
 
         server.stop()
         await server.close_all_connections()
         for stream in silent:
             assert await asyncio.wait_for(stream.read_until_close(), 5) == b""
-        assert server.connections_not_started == 0
+        assert server.connections_not_started == 0 and server.connections_opening == 0
     finally:
         counter.running = False
