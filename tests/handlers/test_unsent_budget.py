@@ -421,7 +421,16 @@ async def test_repeats_of_a_task_the_connection_waits_for_count_toward_its_in_fl
         # A lookup of it is a request too; withdrawing the waits makes room again.
         assert (await client.ask({"type": "result", "task_id": acks[0]["task_id"]}))["code"] == "rate_limited"
         cancelled = await client.ask({"type": "cancel", "task_id": acks[0]["task_id"]})
-        assert cancelled["type"] == "cancelled"
+        # The job stops in Redis before the cancel is answered, and the delivery loop may push that end to
+        # this connection's own three waits first (the protocol says nothing follows the answer, not what
+        # may come before it).
+        for _ in range(3):
+            if cancelled["type"] == "cancelled":
+                break
+            assert cancelled["type"] == "error" and cancelled["code"] == "cancelled", cancelled
+            assert cancelled["task_id"] == acks[0]["task_id"] and cancelled.get("ref") in (0, 1, 2), cancelled
+            cancelled = await client.receive()
+        assert cancelled["type"] == "cancelled", cancelled
         assert (await client.ask({"type": "factorial", "number": HARD, "ref": 4}))["type"] == "result"
     finally:
         client.close()
